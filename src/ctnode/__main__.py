@@ -1,0 +1,5 @@
+"""``python -m ctnode`` runs the CLI."""
+
+from ctnode.cli import main
+
+raise SystemExit(main())

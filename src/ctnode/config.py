@@ -1,0 +1,307 @@
+"""Settings: a YAML file (``--config`` or ``CTNODE_CONFIG``) overridden by ``CTNODE_*`` variables.
+
+Two sets of defaults: with a configuration file, production defaults (``/var/lib/ctnode``,
+``/etc/ctnode/peers``, callers must be configured peers); without one, the *embedded default*
+(loopback only, ``./var/ctnode``, any calling AE accepted) so that ``ctnode run`` works out of the
+box. Settings are frozen; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ctnode.dicom.uids import ae_title_problem
+from ctnode.errors import ConfigError
+from ctnode.yamlio import load_yaml_file
+
+ENV_PREFIX = "CTNODE_"
+CONFIG_ENV = "CTNODE_CONFIG"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+def check_ae_title(value: str) -> str:
+    """Pydantic validator body for AE titles."""
+    problem = ae_title_problem(value)
+    if problem:
+        raise ValueError(f"AE title {value!r} {problem}")
+    return value.strip(" ")
+
+
+class NodeTimeouts(_Model):
+    """Inbound association timeouts, in seconds."""
+
+    #: Time allowed for the A-ASSOCIATE-RQ to arrive after connect, and for release.
+    acse: Seconds = 30
+    #: Time a DIMSE operation may take (e.g. waiting for the rest of a data set).
+    dimse: Seconds = 120
+    #: Read deadline on every socket: a peer silent for this long is dropped.
+    network: Seconds = 60
+
+
+class TlsSettings(_Model):
+    """DICOM TLS listener (BCP 195 profile of PS3.15)."""
+
+    enabled: bool = False
+    port: Port = 2762
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_cert: bool = True
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    handshake_timeout: Seconds = 10
+
+
+class NodeSettings(_Model):
+    """This node: identity, listener and inbound limits."""
+
+    ae_title: str = "CTNODE"
+    #: Name of this node among several sharing one database (jobs on local files are pinned to it).
+    name: str = Field(default_factory=socket.gethostname)
+    bind: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens on the hospital network
+    port: Port = 4006
+    max_associations: Annotated[int, Field(ge=1, le=1024)] = 16
+    #: Concurrent associations allowed from one source address.
+    max_associations_per_address: Annotated[int, Field(ge=1, le=1024)] = 8
+    accept_unknown_callers: bool = False
+    timeouts: NodeTimeouts = NodeTimeouts()
+    #: Maximum PDU length we offer to senders (bytes). Larger PDUs mean fewer reads per object.
+    max_pdu_length: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 262144
+    #: On SIGTERM, in-flight associations get this long to finish.
+    shutdown_grace: Seconds = 30
+    tls: TlsSettings = TlsSettings()
+
+    _ae = field_validator("ae_title")(check_ae_title)
+
+
+class OnDuplicate(StrEnum):
+    """What to do when an instance arrives again with different bytes."""
+
+    KEEP_FIRST = "keep_first"
+    OVERWRITE = "overwrite"
+    REJECT = "reject"
+
+
+class StorageSettings(_Model):
+    """The data directory: ``store/``, ``spool/``, ``quarantine/`` and the SQLite file."""
+
+    data_dir: Path = Path("/var/lib/ctnode")
+    min_free_bytes: ByteSize = ByteSize(1 << 30)
+    on_duplicate: OnDuplicate = OnDuplicate.KEEP_FIRST
+    #: Largest data set accepted in one C-STORE (answered 0xA700 beyond it).
+    max_instance_bytes: ByteSize = ByteSize(4 << 30)
+    #: True when every node sharing the database sees the same data dir (e.g. NFS).
+    shared: bool = False
+    #: Remove local instances once a peer in ``commitment_peers`` has committed them.
+    delete_after_commit: bool = False
+    commitment_peers: tuple[str, ...] = ()
+
+    @property
+    def store_dir(self) -> Path:
+        """``<data_dir>/store``."""
+        return self.data_dir / "store"
+
+    @property
+    def spool_dir(self) -> Path:
+        """``<data_dir>/spool``."""
+        return self.data_dir / "spool"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """``<data_dir>/quarantine``."""
+        return self.data_dir / "quarantine"
+
+
+class DatabaseSettings(_Model):
+    """Where the index and the job queue live."""
+
+    #: SQLAlchemy URL; default ``sqlite:///<data_dir>/ctnode.db``.
+    url: str | None = None
+    #: How long a write waits for a lock before the operation fails (0xA700 for a C-STORE).
+    busy_timeout: Seconds = 10
+
+
+class LogFormat(StrEnum):
+    """Log line format."""
+
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LoggingSettings(_Model):
+    """Structured logging."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: LogFormat = LogFormat.JSON
+    #: Put patient names and IDs in logs (off: they never appear).
+    log_identifiers: bool = False
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class RetrySettings(_Model):
+    """Retry policy: delay(n) = min(max_delay, initial_delay * multiplier**(n-1)) +/- jitter."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
+    initial_delay: Annotated[float, Field(ge=0)] = 10
+    multiplier: Annotated[float, Field(ge=1)] = 2
+    max_delay: Annotated[float, Field(ge=0)] = 600
+    #: Fraction of the delay added or removed at random (0.1 = +/-10 %).
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.1
+
+
+class QueueSettings(_Model):
+    """The job queue."""
+
+    workers: Annotated[int, Field(ge=1, le=256)] = 4
+    #: A claimed job's lease; renewed every third of it while the job runs.
+    lease_seconds: Annotated[float, Field(ge=2)] = 60
+    #: How often an idle worker looks for work (new jobs also wake it at once in-process).
+    poll_interval: Annotated[float, Field(gt=0)] = 1.0
+    retry: RetrySettings = RetrySettings()
+
+
+class MetricsSettings(_Model):
+    """Prometheus ``/metrics`` and ``/healthz`` ``/readyz``."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: Port = 9106
+
+
+class Settings(BaseSettings):
+    """All of ctnode's settings (see ``config/ctnode.yaml`` for a commented example)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    node: NodeSettings = NodeSettings()
+    storage: StorageSettings = StorageSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    peers_dir: Path = Path("/etc/ctnode/peers")
+    logging: LoggingSettings = LoggingSettings()
+    queue: QueueSettings = QueueSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    _source_file: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables override the YAML file (which arrives as init values)."""
+        return (env_settings, init_settings)
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL, or SQLite in the data dir."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.storage.data_dir.absolute() / 'ctnode.db'}"
+
+    @property
+    def source_file(self) -> Path | None:
+        """The file these settings came from (None for the embedded default)."""
+        return self._source_file
+
+    @property
+    def is_embedded_default(self) -> bool:
+        """True when no configuration file was given."""
+        return self.source_file is None
+
+
+def embedded_defaults(cwd: Path | None = None) -> dict[str, Any]:
+    """Defaults when no configuration file is given: a loopback node that works out of the box."""
+    base = cwd or Path.cwd()
+    state = os.environ.get("STATE_DIRECTORY")
+    data_dir = Path(state.split(":")[0]) if state else base / "var" / "ctnode"
+    peers = base / "config" / "peers"
+    return {
+        "node": {"bind": "127.0.0.1", "accept_unknown_callers": True},
+        "storage": {"data_dir": str(data_dir)},
+        "peers_dir": str(peers),
+    }
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part) for part in loc).upper()
+
+
+def format_problems(exc: ValidationError, source: str, env: Mapping[str, str]) -> list[str]:
+    """One line per problem: where it came from (file or variable), the key, what is wrong."""
+    problems = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        key = ".".join(str(part) for part in loc)
+        env_name = _env_name(loc)
+        origin = f"environment {env_name}" if env_name in env else source
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see config/ctnode.yaml)"
+        problems.append(f"{origin}: {key}: {message}")
+    return problems
+
+
+def resolve_config_path(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """``--config`` wins over ``CTNODE_CONFIG``; None means the embedded default."""
+    env = os.environ if env is None else env
+    if explicit is not None:
+        return explicit
+    value = env.get(CONFIG_ENV)
+    return Path(value) if value else None
+
+
+def load_settings(config: Path | None = None) -> Settings:
+    """Load settings (file, then ``CTNODE_*`` variables); ConfigError lists every problem."""
+    env = os.environ
+    path = resolve_config_path(config, env)
+    if path is None:
+        data = embedded_defaults()
+        source = "embedded default"
+    else:
+        data = load_yaml_file(path)
+        source = str(path)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        problems = format_problems(exc, source, env)
+        raise ConfigError(
+            f"{len(problems)} problem(s) in the configuration", problems=problems
+        ) from None
+    settings._source_file = path
+    return settings

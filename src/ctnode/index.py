@@ -1,0 +1,116 @@
+"""Read-only queries over the local index (``ctnode studies``, ``ctnode instances``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ctnode.db.models import Instance
+
+
+@dataclass(frozen=True, slots=True)
+class StudySummary:
+    """One study in the local store."""
+
+    study_instance_uid: str
+    patient_id: str | None
+    study_date: str | None
+    modalities: list[str]
+    series: int
+    instances: int
+    bytes: int
+    last_received: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (ISO-8601 times)."""
+        out = asdict(self)
+        out["last_received"] = self.last_received.isoformat() if self.last_received else None
+        return out
+
+
+def list_studies(session: Session) -> list[StudySummary]:
+    """Every study with stored (not deleted) instances, newest first."""
+    live = Instance.deleted_at.is_(None)
+    rows = session.execute(
+        select(
+            Instance.study_instance_uid,
+            func.max(Instance.patient_id),
+            func.max(Instance.study_date),
+            func.count(func.distinct(Instance.series_instance_uid)),
+            func.count(Instance.id),
+            func.sum(Instance.size_bytes),
+            func.max(Instance.received_at),
+        )
+        .where(live)
+        .group_by(Instance.study_instance_uid)
+        .order_by(func.max(Instance.received_at).desc())
+    ).all()
+    modalities: dict[str, set[str]] = {}
+    for study, modality in session.execute(
+        select(Instance.study_instance_uid, Instance.modality)
+        .where(live, Instance.modality.is_not(None))
+        .distinct()
+    ):
+        if modality:
+            modalities.setdefault(study, set()).add(modality)
+    out = []
+    for study, patient, date, n_series, n_instances, size, last in rows:
+        out.append(
+            StudySummary(
+                study,
+                patient,
+                date,
+                sorted(modalities.get(study, ())),
+                int(n_series),
+                int(n_instances),
+                int(size or 0),
+                last,
+            )
+        )
+    return out
+
+
+def list_instances(
+    session: Session,
+    *,
+    study: str | None = None,
+    series: str | None = None,
+    include_deleted: bool = False,
+) -> list[Instance]:
+    """Instances of a study or series, in series/instance order."""
+    query = select(Instance)
+    if study is not None:
+        query = query.where(Instance.study_instance_uid == study)
+    if series is not None:
+        query = query.where(Instance.series_instance_uid == series)
+    if not include_deleted:
+        query = query.where(Instance.deleted_at.is_(None))
+    query = query.order_by(
+        Instance.series_number, Instance.series_instance_uid, Instance.instance_number, Instance.id
+    )
+    return list(session.scalars(query))
+
+
+def instance_json(row: Instance) -> dict[str, Any]:
+    """JSON form of an index row (no patient name)."""
+    return {
+        "sop_instance_uid": row.sop_instance_uid,
+        "sop_class_uid": row.sop_class_uid,
+        "study_instance_uid": row.study_instance_uid,
+        "series_instance_uid": row.series_instance_uid,
+        "modality": row.modality,
+        "series_number": row.series_number,
+        "instance_number": row.instance_number,
+        "transfer_syntax_uid": row.transfer_syntax_uid,
+        "size_bytes": row.size_bytes,
+        "sha256": row.sha256,
+        "calling_ae": row.calling_ae,
+        "received_at": row.received_at.isoformat(),
+        "path": row.path,
+        "node": row.node_name,
+        "deleted_at": row.deleted_at.isoformat() if row.deleted_at else None,
+    }

@@ -1,0 +1,1 @@
+"""The inbound side: who may associate, what each message means, the listener."""

@@ -1,0 +1,1 @@
+"""The outbound side: associations to peers and one module per operation."""

@@ -1,0 +1,52 @@
+"""Build outbound association parameters for a configured peer (TLS, timeouts, AE titles)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+
+from ctnode.config import NodeSettings
+from ctnode.errors import ConfigError
+from ctnode.peers import Peer
+from ctnode.ul import pdu as P
+from ctnode.ul.requestor import AssociationParams, ContextRequest, Timeouts
+
+
+def client_ssl_context(peer: Peer) -> ssl.SSLContext | None:
+    """A TLS client context for *peer*, or None when its TLS is off (ConfigError if unusable)."""
+    tls = peer.config.tls
+    if not tls.enabled:
+        return None
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca) if tls.ca else None
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.cert:
+            context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{peer.path}: tls: cannot load certificates: {exc}") from exc
+    return context
+
+
+def params_for(
+    peer: Peer,
+    node: NodeSettings,
+    contexts: Sequence[ContextRequest],
+    roles: Sequence[P.RoleSelection] = (),
+    max_pdu_length: int | None = None,
+) -> AssociationParams:
+    """Association parameters towards *peer* with its timeouts, AE titles and TLS."""
+    t = peer.config.timeouts
+    return AssociationParams(
+        host=peer.host,
+        port=peer.port,
+        calling_ae=peer.config.local_ae_title or node.ae_title,
+        called_ae=peer.ae_title,
+        contexts=contexts,
+        timeouts=Timeouts(connect=t.connect, acse=t.acse, dimse=t.dimse, network=t.network),
+        max_pdu_length=max_pdu_length or node.max_pdu_length,
+        roles=roles,
+        ssl_context=client_ssl_context(peer),
+        server_name=peer.config.tls.server_name,
+    )

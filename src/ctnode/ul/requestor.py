@@ -1,0 +1,451 @@
+"""An outbound association (association requestor): connect, negotiate, exchange, release.
+
+Synchronous and single-threaded by design: one request at a time, each response read by the
+thread that sent the request (there is no reactor thread to race with, so a fast peer's response
+cannot be lost). Every failure is a typed ctnode error: ``PeerUnreachable`` (connect),
+``AssociationRejected`` (A-ASSOCIATE-RJ, with result/source/reason), ``AssociationAborted``
+(A-ABORT, reset, timeout, protocol violation by the peer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from ctnode.errors import AssociationAborted, AssociationRejected, PeerUnreachable
+from ctnode.ul import pdu as P
+from ctnode.ul.dimse import Command, CommandError, decode_command, encode_command
+from ctnode.ul.transport import (
+    PduReader,
+    PeerClosed,
+    ReadTimeout,
+    close_gracefully,
+    set_socket_options,
+)
+
+RJ_REASONS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognised",
+    (1, 7): "called AE title not recognised",
+    (2, 1): "no reason given",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded",
+}
+
+
+def describe_rejection(result: int, source: int, reason: int) -> str:
+    """``called AE title not recognised (result 1, source 1, reason 7)``."""
+    text = RJ_REASONS.get((source, reason), "reason unknown")
+    kind = "permanent" if result == 1 else "transient"
+    return f"{text} ({kind}: result {result}, source {source}, reason {reason})"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds allowed for each phase of an outbound association."""
+
+    connect: float = 10
+    acse: float = 30
+    dimse: float = 60
+    network: float = 60
+
+
+@dataclass(frozen=True, slots=True)
+class ContextRequest:
+    """A presentation context to propose."""
+
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Message:
+    """A received DIMSE message."""
+
+    context_id: int
+    command: Command
+    dataset: bytes | None = None
+
+
+@dataclass(slots=True)
+class Negotiated:
+    """Outcome of negotiation for one proposed context."""
+
+    context_id: int
+    abstract_syntax: str
+    proposed: tuple[str, ...]
+    result: int
+    transfer_syntax: str | None
+
+    @property
+    def accepted(self) -> bool:
+        """True if the peer accepted the context."""
+        return self.result == 0
+
+
+@dataclass(slots=True)
+class AssociationParams:
+    """Everything needed to open an association."""
+
+    host: str
+    port: int
+    calling_ae: str
+    called_ae: str
+    contexts: Sequence[ContextRequest]
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_pdu_length: int = 262144
+    roles: Sequence[P.RoleSelection] = ()
+    ssl_context: ssl.SSLContext | None = None
+    server_name: str | None = None
+
+
+class Requestor:
+    """One outbound association. Use as a context manager (released or aborted on exit)."""
+
+    def __init__(self, params: AssociationParams) -> None:
+        if not params.contexts:
+            raise ValueError("an association needs at least one presentation context")
+        if len(params.contexts) > 128:
+            raise ValueError("at most 128 presentation contexts can be proposed")
+        self.params = params
+        self.sock: socket.socket | None = None
+        self.reader: PduReader | None = None
+        self.negotiated: list[Negotiated] = []
+        self.peer_max_pdu = 0
+        self.peer_roles: dict[str, P.RoleSelection] = {}
+        self._next_message_id = 1
+        self.released = False
+        #: Called for a request the peer sends us on this association (e.g. N-EVENT-REPORT).
+        self.on_request: Callable[[Message], dict[str, object] | None] | None = None
+
+    @property
+    def peer_label(self) -> str:
+        """``PACS@10.0.0.5:104`` for messages."""
+        p = self.params
+        return f"{p.called_ae}@{p.host}:{p.port}"
+
+    # -- open ------------------------------------------------------------------------
+
+    def open(self) -> Self:
+        """Connect and negotiate; raises PeerUnreachable, AssociationRejected/Aborted."""
+        p = self.params
+        try:
+            raw = socket.create_connection((p.host, p.port), timeout=p.timeouts.connect)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer within {p.timeouts.connect:g} s"
+            raise PeerUnreachable(f"cannot connect to {p.host}:{p.port}: {reason}") from exc
+        set_socket_options(raw)
+        sock: socket.socket = raw
+        if p.ssl_context is not None:
+            try:
+                raw.settimeout(p.timeouts.acse)
+                sock = p.ssl_context.wrap_socket(raw, server_hostname=p.server_name or p.host)
+            except (ssl.SSLError, OSError) as exc:
+                raw.close()
+                raise PeerUnreachable(
+                    f"TLS handshake with {p.host}:{p.port} failed: {exc}"
+                ) from exc
+        self.sock = sock
+        self.reader = PduReader(sock, max(p.max_pdu_length, 1 << 20), p.timeouts.network)
+        contexts = [
+            P.PresentationContextRQ(2 * i + 1, c.abstract_syntax, c.transfer_syntaxes)
+            for i, c in enumerate(p.contexts)
+        ]
+        rq = P.AssociateRQ(
+            called_ae=p.called_ae,
+            calling_ae=p.calling_ae,
+            contexts=contexts,
+            user=P.UserInformation(
+                max_pdu_length=p.max_pdu_length,
+                implementation_class_uid=P.IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=P.IMPLEMENTATION_VERSION_NAME,
+                roles=list(p.roles),
+            ),
+        )
+        try:
+            self._send(P.encode_associate_rq(rq), p.timeouts.acse)
+            pdu_type, body = self.reader.read_pdu(first_timeout=p.timeouts.acse)
+        except (OSError, PeerClosed, ReadTimeout, P.PDUError) as exc:
+            self._close()
+            raise AssociationAborted(
+                f"{self.peer_label} did not answer the association request: {exc}"
+            ) from exc
+        if pdu_type == P.A_ASSOCIATE_RJ:
+            rj = P.decode_associate_rj(bytes(body))
+            self._close()
+            raise AssociationRejected(
+                f"{self.peer_label} rejected the association: "
+                + describe_rejection(rj.result, rj.source, rj.reason),
+                result=rj.result,
+                source=rj.source,
+                reason=rj.reason,
+            )
+        if pdu_type == P.A_ABORT:
+            self._close()
+            raise AssociationAborted(f"{self.peer_label} aborted the association request")
+        if pdu_type != P.A_ASSOCIATE_AC:
+            self.abort()
+            raise AssociationAborted(
+                f"{self.peer_label} answered the association request with PDU 0x{pdu_type:02X}"
+            )
+        ac = P.decode_associate_ac(bytes(body))
+        self.peer_max_pdu = ac.user.max_pdu_length
+        self.peer_roles = {r.sop_class_uid: r for r in ac.user.roles}
+        answers = {c.context_id: c for c in ac.contexts}
+        for ctx in contexts:
+            answer = answers.get(ctx.context_id)
+            result = answer.result if answer is not None else 2
+            syntax = answer.transfer_syntax if answer is not None and result == 0 else None
+            self.negotiated.append(
+                Negotiated(
+                    ctx.context_id, ctx.abstract_syntax, ctx.transfer_syntaxes, result, syntax
+                )
+            )
+        return self
+
+    def __enter__(self) -> Self:
+        return self.open() if self.sock is None else self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.sock is None:
+            return
+        if exc is None:
+            try:
+                self.release()
+            except (AssociationAborted, OSError):
+                self._close()
+        else:
+            self.abort()
+
+    # -- contexts ----------------------------------------------------------------------
+
+    def accepted_contexts(self) -> list[Negotiated]:
+        """Contexts the peer accepted."""
+        return [n for n in self.negotiated if n.accepted]
+
+    def context_for(
+        self, abstract_syntax: str, syntaxes: Iterable[str] | None = None
+    ) -> Negotiated | None:
+        """An accepted context for *abstract_syntax* (with one of *syntaxes*, in order)."""
+        candidates = [
+            n for n in self.negotiated if n.accepted and n.abstract_syntax == abstract_syntax
+        ]
+        if syntaxes is None:
+            return candidates[0] if candidates else None
+        for syntax in syntaxes:
+            for n in candidates:
+                if n.transfer_syntax == syntax:
+                    return n
+        return None
+
+    # -- messages ------------------------------------------------------------------------
+
+    def next_message_id(self) -> int:
+        """A message ID for the next request (1..65535, wrapping)."""
+        mid = self._next_message_id
+        self._next_message_id = mid % 65535 + 1
+        return mid
+
+    def _send(self, data: bytes | memoryview, timeout: float) -> None:
+        assert self.sock is not None
+        self.sock.settimeout(timeout)
+        self.sock.sendall(data)
+
+    def _sendmsg(self, parts: list[bytes | memoryview], timeout: float) -> None:
+        assert self.sock is not None
+        if isinstance(self.sock, ssl.SSLSocket):
+            self._send(b"".join(bytes(p) for p in parts), timeout)
+            return
+        self.sock.settimeout(timeout)
+        total = sum(len(p) for p in parts)
+        sent = self.sock.sendmsg(parts)
+        if sent < total:
+            joined = memoryview(b"".join(bytes(p) for p in parts))
+            self.sock.sendall(joined[sent:])
+
+    def send(
+        self, context_id: int, fields: dict[str, object], dataset: bytes | memoryview | None = None
+    ) -> None:
+        """Send a command (and data set) in P-DATA-TF PDUs within the peer's maximum length."""
+        if dataset is not None:
+            fields = {**fields, "CommandDataSetType": 0x0000}
+        else:
+            fields = {**fields, "CommandDataSetType": 0x0101}
+        timeout = self.params.timeouts.network
+        try:
+            command = encode_command(fields)  # type: ignore[arg-type]
+            max_fragment = (self.peer_max_pdu or (1 << 20)) - 6
+            max_fragment = max(max_fragment, 1024)
+            self._send_fragments(context_id, memoryview(command), True, max_fragment, timeout)
+            if dataset is not None:
+                self._send_fragments(context_id, memoryview(dataset), False, max_fragment, timeout)
+        except OSError as exc:
+            self._close()
+            raise AssociationAborted(f"connection to {self.peer_label} failed: {exc}") from exc
+
+    def _send_fragments(
+        self, context_id: int, view: memoryview, command: bool, size: int, timeout: float
+    ) -> None:
+        pos = 0
+        total = len(view)
+        while True:
+            chunk = view[pos : pos + size]
+            pos += len(chunk)
+            last = pos >= total
+            self._sendmsg([P.pdata_header(context_id, command, last, len(chunk)), chunk], timeout)
+            if last:
+                return
+
+    def receive(self, timeout: float | None = None) -> Message:
+        """The next complete message from the peer (raises AssociationAborted on failure)."""
+        assert self.reader is not None
+        wait = self.params.timeouts.dimse if timeout is None else timeout
+        command_buf = bytearray()
+        data_buf: bytearray | None = None
+        cmd: Command | None = None
+        context: int | None = None
+        try:
+            while True:
+                pdu_type, body = self.reader.read_pdu(first_timeout=wait)
+                if pdu_type == P.P_DATA_TF:
+                    for context_id, control, data in P.iter_pdvs(body):
+                        if context is not None and context_id != context:
+                            raise AssociationAborted(
+                                f"{self.peer_label} mixed presentation contexts in one message"
+                            )
+                        context = context_id
+                        if control & 1:
+                            command_buf += data
+                            if control & 2:
+                                cmd = decode_command(bytes(command_buf))
+                                if not cmd.has_dataset:
+                                    return Message(context_id, cmd, None)
+                                data_buf = bytearray()
+                        else:
+                            if data_buf is None or cmd is None:
+                                raise AssociationAborted(
+                                    f"{self.peer_label} sent a data set before its command"
+                                )
+                            data_buf += data
+                            if control & 2:
+                                return Message(context_id, cmd, bytes(data_buf))
+                elif pdu_type == P.A_ABORT:
+                    abort = P.decode_abort(bytes(body))
+                    self._close()
+                    raise AssociationAborted(
+                        f"{self.peer_label} aborted the association "
+                        f"(source {abort.source}, reason {abort.reason})"
+                    )
+                elif pdu_type == P.A_RELEASE_RQ:
+                    self._send(P.encode_release_rp(), self.params.timeouts.network)
+                    self._close()
+                    raise AssociationAborted(f"{self.peer_label} released the association early")
+                else:
+                    raise AssociationAborted(
+                        f"{self.peer_label} sent unexpected PDU 0x{pdu_type:02X}"
+                    )
+        except ReadTimeout as exc:
+            self.abort()
+            raise AssociationAborted(
+                f"no response from {self.peer_label} within {wait:g} s (DIMSE timeout)"
+            ) from exc
+        except (PeerClosed, OSError) as exc:
+            self._close()
+            raise AssociationAborted(f"{self.peer_label} closed the connection: {exc}") from exc
+        except (P.PDUError, CommandError) as exc:
+            self.abort()
+            raise AssociationAborted(f"{self.peer_label} sent a malformed message: {exc}") from exc
+        except AssociationAborted:
+            self.abort()
+            raise
+
+    def receive_response(self, message_id: int, timeout: float | None = None) -> Message:
+        """The next response to *message_id*; requests from the peer go to ``on_request``."""
+        while True:
+            message = self.receive(timeout)
+            field_value = message.command.get("CommandField", 0)
+            assert isinstance(field_value, int)
+            if field_value & 0x8000:
+                if message.command.get("MessageIDBeingRespondedTo") != message_id:
+                    self.abort()
+                    raise AssociationAborted(
+                        f"{self.peer_label} answered message "
+                        f"{message.command.get('MessageIDBeingRespondedTo')}, expected {message_id}"
+                    )
+                return message
+            reply = self.on_request(message) if self.on_request else None
+            if reply is None:
+                reply = {
+                    "AffectedSOPClassUID": message.command.get("AffectedSOPClassUID"),
+                    "CommandField": field_value | 0x8000,
+                    "MessageIDBeingRespondedTo": message.command.get("MessageID", 0),
+                    "Status": 0x0211,
+                    "AffectedSOPInstanceUID": message.command.get("AffectedSOPInstanceUID"),
+                }
+            self.send(message.context_id, reply)
+
+    def request(
+        self,
+        context_id: int,
+        fields: dict[str, object],
+        dataset: bytes | memoryview | None = None,
+        timeout: float | None = None,
+    ) -> Message:
+        """Send a request and return its (first) response."""
+        message_id = self.next_message_id()
+        self.send(context_id, {**fields, "MessageID": message_id}, dataset)
+        return self.receive_response(message_id, timeout)
+
+    # -- end ----------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """A-RELEASE-RQ, wait for A-RELEASE-RP (bounded), close."""
+        if self.sock is None:
+            return
+        assert self.reader is not None
+        try:
+            self._send(P.encode_release_rq(), self.params.timeouts.network)
+            deadline = time.monotonic() + self.params.timeouts.acse
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ReadTimeout("no A-RELEASE-RP")
+                pdu_type, _ = self.reader.read_pdu(first_timeout=left)
+                if pdu_type in (P.A_RELEASE_RP, P.A_ABORT):
+                    break
+                if pdu_type == P.A_RELEASE_RQ:  # release collision: answer and finish
+                    self._send(P.encode_release_rp(), self.params.timeouts.network)
+                    break
+            self.released = True
+        except (OSError, PeerClosed, ReadTimeout, P.PDUError):
+            pass
+        finally:
+            self._close()
+
+    def abort(self) -> None:
+        """Send A-ABORT (best effort) and close."""
+        if self.sock is None:
+            return
+        with contextlib.suppress(OSError):
+            self._send(P.encode_abort(P.ABORT_SOURCE_USER, 0), 2)
+        self._close()
+
+    def _close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            close_gracefully(sock, linger=0.05)
