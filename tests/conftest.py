@@ -7,12 +7,17 @@ import secrets
 from collections.abc import Iterator
 
 import psycopg
+import pydicom.config
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ctnode.db import migrate
 from ctnode.db.engine import create_db_engine, session_factory
+
+# Tests craft invalid values on purpose (traversal UIDs, over-long values): do not warn on them.
+pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 PG_ADMIN = os.environ.get(
     "CTNODE_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 dbname=postgres user=postgres"

@@ -46,6 +46,7 @@ def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _RedactIdentifiers(not settings.log_identifiers),
     ]

@@ -374,21 +374,29 @@ class Store:
             return self._place(spool, scan, rel)
 
     def _scan(self, spool: SpoolFile) -> ScanResult:
+        """Walk the spooled data set through a read-only memory map (no copy)."""
         fd = os.open(spool.path, os.O_RDONLY | os.O_CLOEXEC)
+        failure: DatasetError | None = None
         try:
             with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
                 view = memoryview(mapped)
                 try:
-                    return scan_dataset(
+                    result = scan_dataset(
                         view[spool.dataset_offset :],
                         explicit_vr=is_explicit_vr(spool.request.transfer_syntax_uid),
                         deflated=spool.request.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE,
                         max_inflated=int(self.settings.max_instance_bytes),
                     )
-                finally:
-                    view.release()
+                except DatasetError as exc:
+                    # Re-raised below without its traceback, whose frames still reference
+                    # slices of the map (which could not be closed while they exist).
+                    failure = type(exc)(str(exc))
+                view.release()
         finally:
             os.close(fd)
+        if failure is not None:
+            raise failure
+        return result
 
     @staticmethod
     def _check(request: StoreRequest, scan: ScanResult) -> IngestResult | PurePosixPath:
@@ -505,7 +513,6 @@ class Store:
         try:
             with self.sessions() as session:
                 row = session.scalar(select(Instance).where(Instance.sop_instance_uid == uid))
-                session.rollback()
         except SQLAlchemyError as exc:
             return self._db_failure(exc)
         if row is not None:

@@ -60,6 +60,8 @@ class ScpServer:
         self._connections: dict[str, _Connection] = {}
         self._per_address: Counter[str] = Counter()
         self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread: threading.Thread | None = None
         self.total_associations = 0
         self.last_loop = time.monotonic()
@@ -120,6 +122,8 @@ class ScpServer:
     def stop_accepting(self) -> None:
         """Close the listeners; associations in progress continue."""
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
         if self._thread is not None:
             self._thread.join(timeout=5)
         for sock, _ in self._listeners:
@@ -154,6 +158,8 @@ class ScpServer:
         while not self._stop.is_set():
             self.last_loop = time.monotonic()
             for key, _ in self._selector.select(timeout=0.5):
+                if key.fileobj is self._wake_r:
+                    continue
                 listener = key.fileobj
                 assert isinstance(listener, socket.socket)
                 try:

@@ -11,6 +11,8 @@ import struct
 from collections.abc import Mapping
 from typing import Final
 
+from ctnode.dicom.uids import is_valid_uid
+
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
 C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
@@ -194,15 +196,17 @@ def response_fields(
     request: Command, field: int, status: int, **extra: CommandValue | None
 ) -> dict[str, CommandValue | None]:
     """Fields of a response to *request*: SOP class/instance echoed, no data set unless told."""
+    sop_class = request.get("AffectedSOPClassUID") or request.get("RequestedSOPClassUID")
+    sop_instance = request.get("AffectedSOPInstanceUID") or request.get("RequestedSOPInstanceUID")
     out: dict[str, CommandValue | None] = {
-        "AffectedSOPClassUID": request.get("AffectedSOPClassUID")
-        or request.get("RequestedSOPClassUID"),
+        # Echo the UIDs only when they are UIDs: a strict peer cannot decode a response
+        # carrying the 70-character or path-like value it sent.
+        "AffectedSOPClassUID": sop_class if is_valid_uid(sop_class) else None,
         "CommandField": field,
         "MessageIDBeingRespondedTo": request.get("MessageID", 0),
         "CommandDataSetType": NO_DATASET,
         "Status": status,
-        "AffectedSOPInstanceUID": request.get("AffectedSOPInstanceUID")
-        or request.get("RequestedSOPInstanceUID"),
+        "AffectedSOPInstanceUID": sop_instance if is_valid_uid(sop_instance) else None,
     }
     out.update(extra)
     return out
