@@ -309,6 +309,241 @@ def instances(
     )
 
 
+# ---------------------------------------------------------------- jobs
+
+jobs_app = typer.Typer(no_args_is_help=True, help="List, inspect, retry and cancel jobs.")
+app.add_typer(jobs_app, name="jobs")
+
+
+def open_repo(settings: Settings) -> Any:
+    """A JobRepository on the configured database (migrated when it is SQLite)."""
+    from ctnode.daemon import open_database
+    from ctnode.queue.repository import JobRepository
+
+    engine = open_database(settings, migrate_sqlite=True)
+    return JobRepository(engine, lease_seconds=settings.queue.lease_seconds)
+
+
+def finish_job_command(
+    repo: Any, job_id: int, *, wait: bool, as_json: bool, extra: dict[str, Any] | None = None
+) -> None:
+    """Print the job id (or JSON); with *wait*, follow it and exit 0 only if it succeeded."""
+    from ctnode.follow import describe, follow
+    from ctnode.queue.jobs import JobState
+
+    job = repo.get(job_id)
+    if wait:
+        job = follow(repo, job_id)
+    if as_json:
+        emit_json({**job.to_json(), **(extra or {})})
+    elif wait:
+        typer.echo(describe(job))
+    else:
+        typer.echo(job.id)
+    if wait and job.state is not JobState.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+@app.command()
+def push(
+    ctx: typer.Context,
+    peer: Annotated[str, typer.Argument(help="Peer name (file stem in peers_dir).")],
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Files or directories (recursive).")
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="A study from the local store.")
+    ] = None,
+    series: Annotated[
+        str | None, typer.Option("--series", help="A series from the local store.")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the job; exit 0 only if all delivered.")
+    ] = False,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="Submit at most once per key.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue a C-STORE of files, directories or a local study/series to PEER; prints the job id."""
+    from ctnode.index import list_instances
+    from ctnode.peers import load_peers
+    from ctnode.queue.jobs import JobKind, NewItem
+    from ctnode.queue.retry import RetryPolicy
+    from ctnode.scu.push import collect_files
+
+    settings = settings_of(ctx)
+    target = load_peers(settings.peers_dir).get(peer)
+    if "store" not in target.config.services:
+        fail(f"peer {peer!r} does not allow store (services in {target.path})", 2)
+    if bool(paths) == bool(study or series):
+        fail("give PATH... or --study/--series (not both)", 2)
+    repo = open_repo(settings)
+    skipped: list[dict[str, str]] = []
+    node_name: str | None = settings.node.name
+    if paths:
+        items, skips = collect_files(paths)
+        for skip in skips:
+            typer.echo(f"ctnode: skipped {skip.path}: {skip.reason}", err=True)
+        skipped = [{"path": s.path, "reason": s.reason} for s in skips]
+        source: dict[str, Any] = {"source": "files", "paths": [str(p) for p in paths][:100]}
+    else:
+        with repo.sessions() as session:
+            rows = list_instances(session, study=study, series=series)
+        root = settings.storage.store_dir.absolute()
+        items = [
+            NewItem(r.sop_class_uid, r.sop_instance_uid, r.transfer_syntax_uid, str(root / r.path))
+            for r in rows
+        ]
+        source = {"source": "store", "study": study, "series": series}
+        if settings.storage.shared:
+            node_name = None
+    if not items:
+        fail(
+            "nothing to push: no DICOM files found"
+            if paths
+            else "nothing to push: no such study/series in the local store (see `ctnode studies`)",
+            2,
+        )
+    policy = RetryPolicy.from_settings(target.config.retry or settings.queue.retry)
+    job, created = repo.submit(
+        JobKind.PUSH,
+        peer,
+        source,
+        items,
+        policy=policy,
+        priority=priority,
+        node_name=node_name,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        typer.echo(f"ctnode: job {job.id} already exists for this idempotency key", err=True)
+    finish_job_command(repo, job.id, wait=wait, as_json=as_json, extra={"skipped": skipped})
+
+
+@jobs_app.command("list")
+def jobs_list(
+    ctx: typer.Context,
+    state: Annotated[
+        str | None, typer.Option(help="queued, running, waiting, succeeded, failed, cancelled")
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="push, query, move, commit")] = None,
+    peer: Annotated[str | None, typer.Option(help="Peer name.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+    from ctnode.queue.jobs import JobKind, JobState
+
+    try:
+        states = [JobState(state)] if state else None
+        kinds = JobKind(kind) if kind else None
+    except ValueError as exc:
+        fail(str(exc), 2)
+    settings = settings_of(ctx)
+    jobs = open_repo(settings).list_jobs(states=states, kind=kinds, peer=peer, limit=limit)
+    if as_json:
+        emit_json([j.to_json() for j in jobs])
+        return
+    print_table(
+        ["ID", "KIND", "PEER", "STATE", "ATTEMPTS", "ITEMS", "CREATED", "LAST ERROR"],
+        [
+            [
+                j.id,
+                j.kind.value,
+                j.peer,
+                j.state.value,
+                f"{j.attempts}/{j.max_attempts}",
+                f"{j.items.delivered}/{j.items.total}" if j.items.total else "",
+                j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                (j.last_error or "")[:60],
+            ]
+            for j in jobs
+        ],
+    )
+
+
+@jobs_app.command("show")
+def jobs_show(
+    ctx: typer.Context,
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a job: state, counts, failed items with reasons, and its event trail."""
+    from ctnode.queue.report import job_report
+
+    settings = settings_of(ctx)
+    report = job_report(open_repo(settings), job_id)
+    if as_json:
+        emit_json(report)
+        return
+    for key in (
+        "id",
+        "kind",
+        "peer",
+        "state",
+        "priority",
+        "attempts",
+        "max_attempts",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "not_before",
+        "last_status",
+        "last_error",
+    ):
+        typer.echo(f"{key + ':':<14}{'' if report[key] is None else report[key]}")
+    if report["items"]["total"]:
+        typer.echo(f"{'items:':<14}" + ", ".join(f"{k} {v}" for k, v in report["items"].items()))
+    if report["progress"]:
+        typer.echo(
+            f"{'progress:':<14}" + ", ".join(f"{k} {v}" for k, v in report["progress"].items())
+        )
+    failed = report["failed_items"]
+    if failed:
+        typer.echo("failed items:")
+        for item in failed[:50]:
+            typer.echo(f"  {item['sop_instance_uid']}  {item['status'] or ''}  {item['error']}")
+        if len(failed) > 50:
+            typer.echo(f"  ... and {len(failed) - 50} more (use --json)")
+    typer.echo("events:")
+    for e in report["events"]:
+        extra = " ".join(
+            x
+            for x in (
+                f"attempt {e['attempt']}" if e["attempt"] else "",
+                e["status"] or "",
+                e["message"] or "",
+            )
+            if x
+        )
+        typer.echo(f"  {e['at']}  {e['event']:<16} {extra}")
+
+
+@jobs_app.command("retry")
+def jobs_retry(ctx: typer.Context, job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Run a failed or cancelled job again (failed items only)."""
+    repo = open_repo(settings_of(ctx))
+    job = repo.retry(job_id)
+    typer.echo(f"job {job.id} queued again ({job.items.pending} item(s) pending)")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(ctx: typer.Context, job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Cancel a job (a running one stops at the next instance)."""
+    from ctnode.queue.jobs import JobState
+
+    repo = open_repo(settings_of(ctx))
+    job = repo.cancel(job_id)
+    if job.state is JobState.CANCELLED:
+        typer.echo(f"job {job.id} cancelled")
+    elif job.cancel_requested:
+        typer.echo(f"job {job.id} is running; it stops at the next instance")
+    else:
+        fail(f"job {job.id} is already {job.state.value}")
+
+
 # ---------------------------------------------------------------- entry point
 
 

@@ -23,8 +23,12 @@ from ctnode.db.engine import create_db_engine, is_sqlite, session_factory
 from ctnode.errors import ConfigError, DatabaseError, SchemaNotAtHead
 from ctnode.logs import get_logger
 from ctnode.peers import PeerRegistry, load_peers
+from ctnode.queue.jobs import JobKind
+from ctnode.queue.repository import JobRepository
+from ctnode.queue.worker import Operation, WorkerPool
 from ctnode.scp.handlers import ScpApplication
 from ctnode.scp.server import ScpServer
+from ctnode.scu.push import PushOperation
 from ctnode.storage import Store
 
 log = get_logger("ctnode.daemon")
@@ -85,6 +89,8 @@ class Runtime:
     store: Store
     app: ScpApplication
     server: ScpServer
+    repo: JobRepository
+    workers: WorkerPool
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,7 +112,10 @@ def build_runtime(settings: Settings) -> Runtime:
     peers = PeerHolder(registry)
     app = ScpApplication(settings.node, store, peers)
     server = ScpServer(settings.node, app, peers)
-    return Runtime(settings, engine, sessions, peers, store, app, server)
+    repo = JobRepository(engine, lease_seconds=settings.queue.lease_seconds)
+    operations: dict[JobKind, Operation] = {JobKind.PUSH: PushOperation(settings.node)}
+    workers = WorkerPool(repo, settings.queue, peers, operations, node_name=settings.node.name)
+    return Runtime(settings, engine, sessions, peers, store, app, server, repo, workers)
 
 
 async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
@@ -123,13 +132,24 @@ async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
         peers=len(runtime.peers()),
         embedded_default=settings.is_embedded_default,
     )
+    stop_workers = asyncio.Event()
+    workers = asyncio.create_task(runtime.workers.run(stop_workers), name="workers")
     await stop.wait()
-    log.info("daemon.stopping", active_associations=runtime.server.active)
+    log.info(
+        "daemon.stopping",
+        active_associations=runtime.server.active,
+        running_jobs=runtime.workers.busy,
+    )
+    stop_workers.set()  # attempts stop at the next item boundary and are released
     runtime.server.stop_accepting()
     idle = await asyncio.to_thread(runtime.server.wait_idle, settings.node.shutdown_grace)
     if not idle:
         log.warning("daemon.grace_expired", aborted=runtime.server.active)
         await asyncio.to_thread(runtime.server.abort_all)
+    try:
+        await asyncio.wait_for(workers, settings.node.shutdown_grace)
+    except TimeoutError:
+        log.warning("daemon.workers_grace_expired", running_jobs=runtime.workers.busy)
     runtime.engine.dispose()
     log.info("daemon.stopped")
     return 0

@@ -168,10 +168,14 @@ def make_dataset(
     elif transfer_syntax in (RLELossless, JPEG2000Lossless):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # keep the SOP Instance UID (pydicom would make a new one, leaving the file meta
+            # naming the old one)
             if transfer_syntax == RLELossless:
-                ds.compress(RLELossless)
+                ds.compress(RLELossless, generate_instance_uid=False)
             else:
-                ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+                ds.compress(
+                    JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False
+                )
     return ds
 
 

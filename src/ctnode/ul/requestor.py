@@ -13,7 +13,7 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -39,6 +39,10 @@ RJ_REASONS = {
     (3, 1): "temporary congestion",
     (3, 2): "local limit exceeded",
 }
+
+
+class FileReadError(Exception):
+    """Internal: reading the file being sent failed (the cause is the OSError)."""
 
 
 def describe_rejection(result: int, source: int, reason: int) -> str:
@@ -91,6 +95,15 @@ class Negotiated:
         return self.result == 0
 
 
+@dataclass(frozen=True, slots=True)
+class FileSegment:
+    """A data set to send straight from a file: *length* bytes at *offset* of *path*."""
+
+    path: str
+    offset: int
+    length: int
+
+
 @dataclass(slots=True)
 class AssociationParams:
     """Everything needed to open an association."""
@@ -122,6 +135,7 @@ class Requestor:
         self.peer_max_pdu = 0
         self.peer_roles: dict[str, P.RoleSelection] = {}
         self._next_message_id = 1
+        self._file_buf = bytearray()
         self.released = False
         #: Called for a request the peer sends us on this association (e.g. N-EVENT-REPORT).
         self.on_request: Callable[[Message], dict[str, object] | None] | None = None
@@ -279,24 +293,69 @@ class Requestor:
             self.sock.sendall(joined[sent:])
 
     def send(
-        self, context_id: int, fields: dict[str, object], dataset: bytes | memoryview | None = None
+        self,
+        context_id: int,
+        fields: Mapping[str, object],
+        dataset: bytes | memoryview | FileSegment | None = None,
     ) -> None:
-        """Send a command (and data set) in P-DATA-TF PDUs within the peer's maximum length."""
+        """Send a command (and data set) in P-DATA-TF PDUs within the peer's maximum length.
+
+        A ``FileSegment`` is streamed from disk one PDU at a time (no whole-file copy in
+        memory). OSError while reading the file propagates as is (the association is aborted);
+        network errors become AssociationAborted.
+        """
         if dataset is not None:
             fields = {**fields, "CommandDataSetType": 0x0000}
         else:
             fields = {**fields, "CommandDataSetType": 0x0101}
         timeout = self.params.timeouts.network
+        max_fragment = max((self.peer_max_pdu or (1 << 20)) - 6, 1024)
         try:
             command = encode_command(fields)  # type: ignore[arg-type]
-            max_fragment = (self.peer_max_pdu or (1 << 20)) - 6
-            max_fragment = max(max_fragment, 1024)
             self._send_fragments(context_id, memoryview(command), True, max_fragment, timeout)
-            if dataset is not None:
+            if isinstance(dataset, FileSegment):
+                self._send_file(context_id, dataset, max_fragment, timeout)
+            elif dataset is not None:
                 self._send_fragments(context_id, memoryview(dataset), False, max_fragment, timeout)
+        except FileReadError as exc:
+            self.abort()
+            raise exc.__cause__ from None  # type: ignore[misc]
         except OSError as exc:
             self._close()
             raise AssociationAborted(f"connection to {self.peer_label} failed: {exc}") from exc
+
+    def _send_file(self, context_id: int, segment: FileSegment, size: int, timeout: float) -> None:
+        """Stream a file segment: each PDU is read into one buffer behind its header."""
+        assert self.sock is not None
+        size = min(size, 4 << 20)
+        if len(self._file_buf) < size + 12:
+            self._file_buf = bytearray(size + 12)
+        view = memoryview(self._file_buf)
+        try:
+            fh = open(segment.path, "rb")  # noqa: SIM115 - closed below; errors are mapped
+        except OSError as exc:
+            raise FileReadError from exc
+        with fh:
+            try:
+                fh.seek(segment.offset)
+            except OSError as exc:
+                raise FileReadError from exc
+            remaining = segment.length
+            self.sock.settimeout(timeout)
+            while True:
+                want = min(size, remaining)
+                try:
+                    got = fh.readinto(view[12 : 12 + want]) if want else 0
+                except OSError as exc:
+                    raise FileReadError from exc
+                if got != want:
+                    raise FileReadError from OSError(f"{segment.path} is shorter than expected")
+                remaining -= got
+                last = remaining == 0
+                view[:12] = P.pdata_header(context_id, False, last, got)
+                self.sock.sendall(view[: 12 + got])
+                if last:
+                    return
 
     def _send_fragments(
         self, context_id: int, view: memoryview, command: bool, size: int, timeout: float
@@ -402,8 +461,8 @@ class Requestor:
     def request(
         self,
         context_id: int,
-        fields: dict[str, object],
-        dataset: bytes | memoryview | None = None,
+        fields: Mapping[str, object],
+        dataset: bytes | memoryview | FileSegment | None = None,
         timeout: float | None = None,
     ) -> Message:
         """Send a request and return its (first) response."""

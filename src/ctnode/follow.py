@@ -1,0 +1,117 @@
+"""Follow a job until it ends (``--wait``): a progress bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from ctnode.queue.jobs import Job, JobState
+from ctnode.queue.repository import JobRepository
+
+#: How long a job may stay queued with no live node before the user is told.
+NO_NODE_WARNING_AFTER = 5.0
+
+
+def describe(job: Job) -> str:
+    """One line: ``job 12 (push to pacs) running: 120/600 delivered, 0 failed``."""
+    items = job.items
+    text = f"job {job.id} ({job.kind.value} to {job.peer}) {job.state.value}"
+    if items.total:
+        text += f": {items.delivered}/{items.total} delivered"
+        if items.warning:
+            text += f" ({items.warning} with warnings)"
+        text += f", {items.failed} failed"
+    progress = job.progress or {}
+    if "completed" in progress:
+        text += (
+            f": {progress.get('completed', 0)} completed, {progress.get('failed', 0)} failed, "
+            f"{progress.get('warning', 0)} warning, {progress.get('remaining', '?')} remaining"
+        )
+    if job.state is JobState.QUEUED and job.attempts:
+        text += f" (attempt {job.attempts} failed: {job.last_error}; retrying)"
+    if job.state is JobState.FAILED and job.last_error:
+        text += f" — {job.last_error}"
+    return text
+
+
+def follow(
+    repo: JobRepository,
+    job_id: int,
+    *,
+    until: Callable[[Job], bool] = lambda job: job.state.final,
+    interval: float = 0.5,
+    out: TextIO | None = None,
+    timeout: float | None = None,
+) -> Job:
+    """Poll *job_id* until *until* holds; show progress; returns the last job seen."""
+    out = out or sys.stderr
+    started = time.monotonic()
+    warned = False
+    if out.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        console = Console(file=out)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(f"job {job_id}", total=None)
+            while True:
+                job = repo.get(job_id)
+                total, done = _totals(job)
+                bar.update(
+                    task,
+                    total=total or None,
+                    completed=done,
+                    description=f"job {job.id} {job.state.value}",
+                )
+                warned = _warn_no_node(repo, job, started, warned, out)
+                if until(job) or _timed_out(started, timeout):
+                    return job
+                time.sleep(interval)
+    last = ""
+    while True:
+        job = repo.get(job_id)
+        line = describe(job)
+        if line != last:
+            print(line, file=out, flush=True)
+            last = line
+        warned = _warn_no_node(repo, job, started, warned, out)
+        if until(job) or _timed_out(started, timeout):
+            return job
+        time.sleep(interval)
+
+
+def _totals(job: Job) -> tuple[int, int]:
+    if job.items.total:
+        return job.items.total, job.items.delivered + job.items.failed
+    progress = job.progress or {}
+    done = sum(int(progress.get(k, 0) or 0) for k in ("completed", "failed", "warning"))
+    remaining = int(progress.get("remaining", 0) or 0)
+    return done + remaining, done
+
+
+def _timed_out(started: float, timeout: float | None) -> bool:
+    return timeout is not None and time.monotonic() - started > timeout
+
+
+def _warn_no_node(repo: JobRepository, job: Job, started: float, warned: bool, out: TextIO) -> bool:
+    if warned or job.state is not JobState.QUEUED or job.attempts:
+        return warned
+    if time.monotonic() - started < NO_NODE_WARNING_AFTER:
+        return warned
+    if not repo.live_nodes(within=30):
+        print(
+            f"ctnode: warning: job {job.id} is queued but no `ctnode run` has been seen on this "
+            "database in the last 30 s; start the node (systemctl start ctnode)",
+            file=out,
+            flush=True,
+        )
+        return True
+    return warned

@@ -1,0 +1,1 @@
+"""The durable job queue: values, retry policy, the repository (only writer), workers."""

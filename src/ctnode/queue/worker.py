@@ -1,0 +1,383 @@
+"""Workers: claim a job with a lease, make one attempt, report, decide what happens next.
+
+Each worker is an asyncio task. The attempt itself (blocking socket I/O) runs in a bounded
+thread pool; every database call goes through ``asyncio.to_thread``. While an attempt runs, a
+heartbeat renews the lease every third of its length and carries cancellation requests to the
+operation, which checks its ``StopFlag`` between items. After the attempt the retry policy — a
+pure function — decides: done, retry at T, or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from ctnode import __version__
+from ctnode.config import QueueSettings
+from ctnode.errors import NotFound
+from ctnode.logs import get_logger
+from ctnode.peers import Peer, PeerRegistry
+from ctnode.queue.jobs import Job, JobKind, JobState
+from ctnode.queue.repository import JobRepository
+from ctnode.queue.retry import GiveUp, RetryPolicy, decide
+
+log = get_logger("ctnode.queue")
+
+
+class Outcome(StrEnum):
+    """How an attempt ended."""
+
+    #: Everything the job had to do is done: the job succeeds.
+    DONE = "done"
+    #: A failure retrying cannot fix: the job fails.
+    PERMANENT = "permanent"
+    #: A failure that may pass: the retry policy decides.
+    TRANSIENT = "transient"
+    #: The attempt stopped early because it was asked to (cancel, shutdown, lease lost).
+    STOPPED = "stopped"
+    #: The job now waits for something outside ctnode until ``wait_seconds`` from now.
+    WAIT = "wait"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What an operation reports after one attempt."""
+
+    outcome: Outcome
+    status: int | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    wait_seconds: float = 0.0
+    message: str | None = None
+
+
+class StopReason(StrEnum):
+    """Why an attempt was asked to stop."""
+
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+    LEASE_LOST = "lease lost"
+
+
+class StopFlag:
+    """Set from the event loop, read by the operation's thread between items."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason: StopReason | None = None
+
+    def set(self, reason: StopReason) -> None:
+        """Ask the attempt to stop at the next boundary (the first reason wins)."""
+        if self.reason is None:
+            self.reason = reason
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to *timeout* seconds unless stopped; True if stopped."""
+        return self._event.wait(timeout)
+
+
+@dataclass
+class Attempt:
+    """Everything an operation needs for one attempt."""
+
+    job: Job
+    peer: Peer
+    owner: str
+    repo: JobRepository
+    stop: StopFlag
+    log: Any
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Operation(Protocol):
+    """One kind of job (push, query, move, commit)."""
+
+    def run(self, attempt: Attempt) -> AttemptResult:
+        """Make one attempt (blocking; runs in a worker thread)."""
+
+
+def new_owner(node_name: str) -> str:
+    """A lease owner id unique to this process: ``node:host:pid:random``."""
+    return f"{node_name}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def dead_local_owners(owners: Iterable[str]) -> list[str]:
+    """Owners that were processes on this host and no longer exist (crashed, killed).
+
+    Their leases can end at once instead of after ``lease_seconds``: nobody can be running
+    those attempts any more.
+    """
+    host = socket.gethostname()
+    dead = []
+    for owner in owners:
+        parts = owner.split(":")
+        if len(parts) < 4 or parts[-3] != host or not parts[-2].isdigit():
+            continue
+        pid = int(parts[-2])
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.append(owner)
+        except PermissionError:
+            continue
+    return dead
+
+
+class WorkerPool:
+    """``queue.workers`` asyncio workers sharing one executor and per-peer limits."""
+
+    def __init__(
+        self,
+        repo: JobRepository,
+        settings: QueueSettings,
+        peers: Callable[[], PeerRegistry],
+        operations: Mapping[JobKind, Operation],
+        *,
+        node_name: str,
+        owner: str | None = None,
+    ) -> None:
+        self.repo = repo
+        self.settings = settings
+        self.peers = peers
+        self.operations = dict(operations)
+        self.node_name = node_name
+        self.owner = owner or new_owner(node_name)
+        self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="job")
+        self._active_peers: Counter[str] = Counter()
+        self._claim_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._running: dict[int, StopFlag] = {}
+        self.attempts_finished = 0
+
+    # -- control -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New work may be available (in-process submitters)."""
+        self._wake.set()
+
+    @property
+    def busy(self) -> int:
+        """Attempts running now."""
+        return len(self._running)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run the workers until *stop* is set, then stop them at item boundaries."""
+        await asyncio.to_thread(self.repo.node_started, self.owner, self.node_name, __version__)
+        await asyncio.to_thread(self._expire_dead_local_leases)
+        tasks = [
+            asyncio.create_task(self._worker(i), name=f"worker-{i}")
+            for i in range(self.settings.workers)
+        ]
+        heartbeat = asyncio.create_task(self._node_heartbeat(), name="node-heartbeat")
+        await stop.wait()
+        self._stopping = True
+        self._wake.set()
+        for flag in list(self._running.values()):
+            flag.set(StopReason.SHUTDOWN)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.repo.node_stopped, self.owner)
+
+    def _expire_dead_local_leases(self) -> None:
+        dead = dead_local_owners(self.repo.lease_owners())
+        count = self.repo.expire_leases(dead, "its process on this host is gone")
+        if count:
+            log.info("queue.leases_recovered", jobs=count, owners=len(dead))
+
+    async def _node_heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(10)
+            try:
+                await asyncio.to_thread(self.repo.node_heartbeat, self.owner)
+            except Exception as exc:  # the database may be briefly unavailable
+                log.warning("queue.heartbeat_failed", error=str(exc).splitlines()[0])
+
+    # -- one worker ------------------------------------------------------------------------
+
+    async def _worker(self, index: int) -> None:
+        while not self._stopping:
+            try:
+                job = await self._claim()
+            except Exception as exc:
+                log.warning("queue.claim_failed", error=str(exc).splitlines()[0])
+                job = None
+            if job is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                continue
+            try:
+                await self._execute(job)
+            finally:
+                self._active_peers[job.peer] -= 1
+                self._wake.set()  # a peer slot was freed
+
+    async def _claim(self) -> Job | None:
+        async with self._claim_lock:
+            if self._stopping:
+                return None
+            registry = self.peers()
+            full = [
+                name
+                for name, count in self._active_peers.items()
+                if count >= self._peer_limit(registry, name)
+            ]
+            job = await asyncio.to_thread(
+                self.repo.claim,
+                self.owner,
+                self.node_name,
+                exclude_peers=full,
+                kinds=list(self.operations),
+            )
+            if job is not None:
+                self._active_peers[job.peer] += 1
+            return job
+
+    @staticmethod
+    def _peer_limit(registry: PeerRegistry, name: str) -> int:
+        try:
+            return registry.get(name).config.max_associations
+        except NotFound:
+            return 1
+
+    async def _execute(self, job: Job) -> None:
+        jlog = log.bind(**job.log_context())
+        if job.attempts > job.max_attempts:
+            message = (
+                f"ran out of attempts: attempt {job.attempts - 1} was interrupted "
+                "(node stopped or lost its lease)"
+            )
+            await asyncio.to_thread(
+                self.repo.finish, job.id, self.owner, JobState.FAILED, error=message
+            )
+            jlog.warning("job.failed", reason=message)
+            return
+        try:
+            peer = self.peers().get(job.peer)
+        except NotFound as exc:
+            await asyncio.to_thread(
+                self.repo.finish, job.id, self.owner, JobState.FAILED, error=str(exc)
+            )
+            jlog.warning("job.failed", reason=str(exc))
+            return
+        flag = StopFlag()
+        if job.cancel_requested:
+            flag.set(StopReason.CANCELLED)
+        self._running[job.id] = flag
+        jlog.info("job.attempt_started", max_attempts=job.max_attempts)
+        heartbeat = asyncio.create_task(self._heartbeat(job, flag))
+        attempt = Attempt(job, peer, self.owner, self.repo, flag, jlog)
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(
+                self.executor, self.operations[job.kind].run, attempt
+            )
+        except Exception as exc:  # a bug in an operation must not kill the worker
+            jlog.exception("job.attempt_crashed", error=str(exc))
+            result = AttemptResult(Outcome.TRANSIENT, error=f"internal error: {exc}")
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            self._running.pop(job.id, None)
+        await asyncio.to_thread(self._conclude, job, result, flag, jlog)
+        self.attempts_finished += 1
+
+    async def _heartbeat(self, job: Job, flag: StopFlag) -> None:
+        interval = self.repo.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                ours, cancel = await asyncio.to_thread(self.repo.renew, job.id, self.owner)
+            except Exception as exc:
+                log.warning("job.lease_renew_failed", job=job.id, error=str(exc).splitlines()[0])
+                continue
+            if not ours:
+                flag.set(StopReason.LEASE_LOST)
+                log.warning("job.lease_lost", job=job.id)
+                return
+            if cancel:
+                flag.set(StopReason.CANCELLED)
+
+    def _conclude(self, job: Job, result: AttemptResult, flag: StopFlag, jlog: Any) -> None:
+        """Apply the attempt's outcome (fenced: nothing happens if the lease was lost)."""
+        repo, owner = self.repo, self.owner
+        fields = {"status": result.status, "error": result.error}
+        outcome = result.outcome
+        if outcome is Outcome.STOPPED:
+            if flag.reason is StopReason.CANCELLED:
+                repo.finish(
+                    job.id,
+                    owner,
+                    JobState.CANCELLED,
+                    result=result.result,
+                    message="cancelled by user",
+                    status=result.status,
+                )
+                jlog.info("job.cancelled")
+            elif flag.reason is StopReason.SHUTDOWN:
+                repo.release(job.id, owner, "node shutting down; resumes at next start")
+                jlog.info("job.released", reason="shutdown")
+            else:
+                jlog.warning("job.abandoned", reason=flag.reason)
+            return
+        if outcome is Outcome.DONE:
+            if repo.finish(
+                job.id,
+                owner,
+                JobState.SUCCEEDED,
+                result=result.result,
+                status=result.status,
+                message=result.message,
+            ):
+                jlog.info("job.succeeded", **(result.result or {}))
+            return
+        if outcome is Outcome.WAIT:
+            if repo.wait_until(
+                job.id,
+                owner,
+                result.wait_seconds,
+                message=result.message or "waiting",
+                progress=result.result,
+            ):
+                jlog.info("job.waiting", seconds=result.wait_seconds)
+            return
+        policy = RetryPolicy.from_json(job.retry_policy)
+        error = result.error or "unknown error"
+        decision = decide(policy, job.attempts, transient=outcome is Outcome.TRANSIENT, error=error)
+        if isinstance(decision, GiveUp):
+            if repo.finish(
+                job.id,
+                owner,
+                JobState.FAILED,
+                status=result.status,
+                error=decision.reason,
+                result=result.result,
+            ):
+                jlog.warning("job.failed", reason=decision.reason, **fields)
+            return
+        if repo.schedule_retry(
+            job.id, owner, decision.delay, status=result.status, error=error, result=result.result
+        ):
+            jlog.info("job.retry_scheduled", delay=round(decision.delay, 1), **fields)

@@ -1,0 +1,43 @@
+"""Read a node's jobs in-process (faster than a CLI process per poll)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ctnode.db.engine import create_db_engine
+from ctnode.queue.report import job_report
+from ctnode.queue.repository import JobRepository
+from tests.helpers.procs import CtnodeProcess
+
+
+def repo_of(node: CtnodeProcess) -> JobRepository:
+    """A repository on the node's database (its configured URL or SQLite in its data dir)."""
+    url = node.config.get("database", {}).get("url") or f"sqlite:///{node.data_dir / 'ctnode.db'}"
+    return JobRepository(create_db_engine(url, busy_timeout=30))
+
+
+def job_json(node: CtnodeProcess, job_id: int) -> dict[str, Any]:
+    """The `jobs show --json` report of a job."""
+    repo = repo_of(node)
+    try:
+        return job_report(repo, job_id)
+    finally:
+        repo.engine.dispose()
+
+
+def wait_job(
+    node: CtnodeProcess, job_id: int, states: set[str], timeout: float = 60
+) -> dict[str, Any]:
+    """Poll until the job is in one of *states*; returns its report."""
+    repo = repo_of(node)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            report = job_report(repo, job_id)
+            if report["state"] in states:
+                return report
+            time.sleep(0.1)
+        raise TimeoutError(f"job {job_id} not in {states}: {job_report(repo, job_id)}")
+    finally:
+        repo.engine.dispose()
