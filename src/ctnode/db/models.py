@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ctnode.db.types import UTCDateTime
@@ -115,6 +126,8 @@ class JobItem(Base):
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Storage commitment: the transaction that last asked for this item.
+    transaction_uid: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class JobEvent(Base):
@@ -144,3 +157,37 @@ class Node(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CommitTransaction(Base):
+    """A storage commitment request, persisted before its N-ACTION is sent."""
+
+    __tablename__ = "commit_transactions"
+
+    transaction_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    #: Peer name and the AE title a valid report must come from.
+    peer: Mapped[str] = mapped_column(String(64))
+    peer_ae_title: Mapped[str] = mapped_column(String(16))
+    #: open (N-ACTION not yet confirmed), requested (waiting for the report), reported,
+    #: expired (deadline passed), superseded (a newer transaction replaced it)
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    event_type: Mapped[int | None] = mapped_column(Integer)
+
+
+class InstanceCommitment(Base):
+    """A peer's confirmed storage commitment of one instance."""
+
+    __tablename__ = "instance_commitments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    peer: Mapped[str] = mapped_column(String(64))
+    transaction_uid: Mapped[str] = mapped_column(String(64))
+    committed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "peer"),)
