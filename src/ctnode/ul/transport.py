@@ -106,26 +106,24 @@ class PduReader:
                 P.ABORT_INVALID_PARAMETER,
             )
         if 6 + length > self._capacity:
-            # Only A-ASSOCIATE PDUs can be larger than the buffer; they are bounded above.
-            body = bytearray(length)
-            have = min(self._end - self._start - 6, length)
-            body[:have] = self._view[self._start + 6 : self._start + 6 + have]
+            # Only A-ASSOCIATE PDUs can be larger than the buffer; they are bounded above, and
+            # memory grows only with the bytes that actually arrive, never with the declared
+            # length.
+            body = bytearray(self._view[self._start + 6 : self._end])
             self._start = self._end = 0
-            view = memoryview(body)
-            got = have
-            while got < length:
+            while len(body) < length:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ReadTimeout("PDU not complete within the read deadline")
                 self.sock.settimeout(left)
                 try:
-                    n = self.sock.recv_into(view[got:])
+                    chunk = self.sock.recv(min(length - len(body), 65536))
                 except TimeoutError as exc:
                     raise ReadTimeout("peer silent beyond the read deadline") from exc
-                if n == 0:
+                if not chunk:
                     raise PeerClosed("peer closed the connection")
-                got += n
-            return pdu_type, view
+                body += chunk
+            return pdu_type, memoryview(body)
         self._fill(6 + length, deadline)
         body_view = self._view[self._start + 6 : self._start + 6 + length]
         self._start += 6 + length
