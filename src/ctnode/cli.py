@@ -625,6 +625,75 @@ def jobs_cancel(ctx: typer.Context, job_id: Annotated[int, typer.Argument(help="
         fail(f"job {job.id} is already {job.state.value}")
 
 
+@app.command()
+def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Is the node up? Queue by state, jobs failed in the last 24 h and why.
+
+    Exits 1 when no running node is seen (or its /readyz says not ready).
+    """
+    import urllib.error
+    import urllib.request
+
+    settings = settings_of(ctx)
+    repo = open_repo(settings)
+    nodes = repo.nodes()
+    alive = [n for n in nodes if n["alive"]]
+    ready: dict[str, Any] | None = None
+    if settings.metrics.enabled:
+        host = "127.0.0.1" if settings.metrics.bind in ("0.0.0.0", "") else settings.metrics.bind  # noqa: S104
+        try:
+            with urllib.request.urlopen(
+                f"http://{host}:{settings.metrics.port}/readyz", timeout=5
+            ) as rsp:
+                ready = json.loads(rsp.read())
+        except urllib.error.HTTPError as exc:
+            ready = json.loads(exc.read() or b"{}")
+        except (OSError, ValueError) as exc:
+            ready = {"ready": False, "error": str(exc)}
+    summary = repo.summary()
+    failed = repo.failed_since(24)
+    up = bool(alive) and (ready is None or bool(ready.get("ready")))
+    report = {
+        "up": up,
+        "nodes": nodes,
+        "ready": ready,
+        "queue": summary.by_state,
+        "oldest_queued_age_seconds": summary.oldest_queued_age,
+        "failed_last_24h": [
+            {
+                "id": j.id,
+                "kind": j.kind.value,
+                "peer": j.peer,
+                "finished_at": j.to_json()["finished_at"],
+                "last_error": j.last_error,
+            }
+            for j in failed
+        ],
+    }
+    if as_json:
+        emit_json(report)
+    else:
+        if alive:
+            names = ", ".join(f"{n['name']} (pid {n['pid']})" for n in alive)
+            typer.echo(f"node: up — {names}")
+        else:
+            typer.echo("node: DOWN — no `ctnode run` heartbeat in the last 30 s")
+        if ready is not None:
+            state = "ready" if ready.get("ready") else "NOT READY"
+            typer.echo(f"readiness: {state}")
+            for name, check in (ready.get("checks") or {}).items():
+                typer.echo(f"  {'ok  ' if check['ok'] else 'FAIL'} {name}: {check['detail']}")
+        queue = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_state.items())) or "empty"
+        typer.echo(f"queue: {queue}")
+        if summary.oldest_queued_age is not None:
+            typer.echo(f"oldest queued job: {summary.oldest_queued_age:.0f} s")
+        typer.echo(f"failed in the last 24 h: {len(failed)}")
+        for job in failed:
+            typer.echo(f"  job {job.id} {job.kind.value} to {job.peer}: {job.last_error}")
+    if not up:
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------- entry point
 
 

@@ -22,6 +22,14 @@ from ctnode.db import migrate
 from ctnode.db.engine import create_db_engine, is_sqlite, session_factory
 from ctnode.errors import ConfigError, DatabaseError, SchemaNotAtHead
 from ctnode.logs import get_logger
+from ctnode.metrics import (
+    HealthServer,
+    Metrics,
+    ReadyCheck,
+    StateCollector,
+    data_dir_check,
+    readiness,
+)
 from ctnode.peers import PeerRegistry, load_peers
 from ctnode.queue.jobs import JobKind
 from ctnode.queue.repository import JobRepository
@@ -91,6 +99,7 @@ class Runtime:
     server: ScpServer
     repo: JobRepository
     workers: WorkerPool
+    metrics: Metrics
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,12 +119,49 @@ def build_runtime(settings: Settings) -> Runtime:
     if recovered:
         log.info("storage.spool_recovered", files=recovered)
     peers = PeerHolder(registry)
-    app = ScpApplication(settings.node, store, peers)
+    metrics = Metrics()
+    app = ScpApplication(settings.node, store, peers, observer=metrics)
     server = ScpServer(settings.node, app, peers)
     repo = JobRepository(engine, lease_seconds=settings.queue.lease_seconds)
-    operations: dict[JobKind, Operation] = {JobKind.PUSH: PushOperation(settings.node)}
-    workers = WorkerPool(repo, settings.queue, peers, operations, node_name=settings.node.name)
-    return Runtime(settings, engine, sessions, peers, store, app, server, repo, workers)
+    operations: dict[JobKind, Operation] = {
+        JobKind.PUSH: PushOperation(settings.node, observer=metrics),
+    }
+    workers = WorkerPool(
+        repo,
+        settings.queue,
+        peers,
+        operations,
+        node_name=settings.node.name,
+        on_attempt=metrics.attempt_finished,
+    )
+    metrics.add_collector(StateCollector(repo.summary, store.free_bytes))
+    return Runtime(settings, engine, sessions, peers, store, app, server, repo, workers, metrics)
+
+
+def readiness_checks(runtime: Runtime) -> list[ReadyCheck]:
+    """What /readyz checks: database at head, SCP listening, data dir, peers loaded."""
+
+    def database() -> tuple[bool, str]:
+        if not migrate.is_at_head(runtime.engine):
+            return False, "schema not at head: run `ctnode db upgrade`"
+        return True, f"reachable, at revision {migrate.head_revision(runtime.engine)}"
+
+    def scp() -> tuple[bool, str]:
+        server = runtime.server
+        if not server.listening:
+            return False, "not listening"
+        return True, f"listening on {runtime.settings.node.bind}:{server.port}"
+
+    def peers() -> tuple[bool, str]:
+        return True, f"{len(runtime.peers())} peer(s) loaded"
+
+    storage = runtime.settings.storage
+    return [
+        ReadyCheck("database", database),
+        ReadyCheck("scp", scp),
+        data_dir_check(storage.data_dir, int(storage.min_free_bytes)),
+        ReadyCheck("peers", peers),
+    ]
 
 
 async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
@@ -132,6 +178,14 @@ async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
         peers=len(runtime.peers()),
         embedded_default=settings.is_embedded_default,
     )
+    health: HealthServer | None = None
+    if settings.metrics.enabled:
+        checks = readiness_checks(runtime)
+        health = HealthServer(
+            settings.metrics.bind, settings.metrics.port, runtime.metrics, lambda: readiness(checks)
+        )
+        health.start()
+        log.info("metrics.listening", bind=settings.metrics.bind, port=health.port)
     stop_workers = asyncio.Event()
     workers = asyncio.create_task(runtime.workers.run(stop_workers), name="workers")
     await stop.wait()
@@ -150,6 +204,8 @@ async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
         await asyncio.wait_for(workers, settings.node.shutdown_grace)
     except TimeoutError:
         log.warning("daemon.workers_grace_expired", running_jobs=runtime.workers.busy)
+    if health is not None:
+        health.stop()
     runtime.engine.dispose()
     log.info("daemon.stopped")
     return 0

@@ -580,6 +580,44 @@ class JobRepository:
             counts = self._counts(session, [r.id for r in rows])
             return [Job.from_row(r, counts[r.id]) for r in rows]
 
+    def failed_since(self, hours: float = 24, limit: int = 20) -> list[Job]:
+        """Jobs that failed in the last *hours*, newest first."""
+        with self.sessions() as session:
+            now = self._now(session)
+            rows = list(
+                session.scalars(
+                    select(JobRow)
+                    .where(
+                        JobRow.state == JobState.FAILED.value,
+                        JobRow.finished_at >= now - timedelta(hours=hours),
+                    )
+                    .order_by(JobRow.finished_at.desc())
+                    .limit(limit)
+                )
+            )
+            counts = self._counts(session, [r.id for r in rows])
+            return [Job.from_row(r, counts[r.id]) for r in rows]
+
+    def nodes(self, within: float = 30.0) -> list[dict[str, Any]]:
+        """Known nodes with whether they are alive (heartbeat within *within* s)."""
+        with self.sessions() as session:
+            now = self._now(session)
+            out = []
+            for node in session.scalars(select(Node).order_by(Node.last_seen.desc()).limit(20)):
+                alive = node.stopped_at is None and (now - node.last_seen).total_seconds() < within
+                out.append(
+                    {
+                        "owner": node.owner,
+                        "name": node.name,
+                        "pid": node.pid,
+                        "version": node.version,
+                        "alive": alive,
+                        "started_at": node.started_at.isoformat(),
+                        "last_seen": node.last_seen.isoformat(),
+                    }
+                )
+            return out
+
     def items(self, job_id: int, states: Iterable[ItemState] | None = None) -> list[ItemRow]:
         """A job's items in submission order."""
         with self.sessions() as session:

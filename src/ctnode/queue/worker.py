@@ -151,6 +151,7 @@ class WorkerPool:
         *,
         node_name: str,
         owner: str | None = None,
+        on_attempt: Callable[[str, str], None] | None = None,
     ) -> None:
         self.repo = repo
         self.settings = settings
@@ -165,6 +166,8 @@ class WorkerPool:
         self._stopping = False
         self._running: dict[int, StopFlag] = {}
         self.attempts_finished = 0
+        #: Told (kind, outcome) after every attempt (metrics).
+        self.on_attempt = on_attempt
 
     # -- control -------------------------------------------------------------------------
 
@@ -303,6 +306,8 @@ class WorkerPool:
             self._running.pop(job.id, None)
         await asyncio.to_thread(self._conclude, job, result, flag, jlog)
         self.attempts_finished += 1
+        if self.on_attempt is not None:
+            self.on_attempt(job.kind.value, result.outcome.value)
 
     async def _heartbeat(self, job: Job, flag: StopFlag) -> None:
         interval = self.repo.lease.total_seconds() / 3

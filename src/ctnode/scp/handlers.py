@@ -203,7 +203,6 @@ class ScpApplication:
             # `ctnode echo --self` (health checks): this host, calling as ourselves, may echo.
             return Accept(frozenset({Service.ECHO}), None)
         if match.peer is not None or self.node.accept_unknown_callers:
-            self.observer.association_started(info)
             if match.peer is None or self.node.accept_unknown_callers:
                 return Accept(None, match.peer)
             return Accept(frozenset(match.peer.config.accept), match.peer)
@@ -213,6 +212,10 @@ class ScpApplication:
             P.RJ_CALLING_AE_NOT_RECOGNIZED,
             match.problem or "calling AE not recognised",
         )
+
+    def established(self, info: AssociationInfo) -> None:
+        """Count the association (it was accepted and the A-ASSOCIATE-AC sent)."""
+        self.observer.association_started(info)
 
     def ended(self, info: AssociationInfo) -> None:
         duration_ms = round((time.monotonic() - info.started) * 1000, 1)

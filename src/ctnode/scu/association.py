@@ -9,7 +9,7 @@ from ctnode.config import NodeSettings
 from ctnode.errors import ConfigError
 from ctnode.peers import Peer
 from ctnode.ul import pdu as P
-from ctnode.ul.requestor import AssociationParams, ContextRequest, Timeouts
+from ctnode.ul.requestor import AssociationObserver, AssociationParams, ContextRequest, Timeouts
 
 
 def client_ssl_context(peer: Peer) -> ssl.SSLContext | None:
@@ -35,6 +35,7 @@ def params_for(
     contexts: Sequence[ContextRequest],
     roles: Sequence[P.RoleSelection] = (),
     max_pdu_length: int | None = None,
+    observer: AssociationObserver | None = None,
 ) -> AssociationParams:
     """Association parameters towards *peer* with its timeouts, AE titles and TLS."""
     t = peer.config.timeouts
@@ -49,4 +50,6 @@ def params_for(
         roles=roles,
         ssl_context=client_ssl_context(peer),
         server_name=peer.config.tls.server_name,
+        label=peer.name,
+        observer=observer,
     )

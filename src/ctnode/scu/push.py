@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
@@ -37,7 +38,13 @@ from ctnode.queue.jobs import ItemOutcome, ItemRow, ItemState, NewItem
 from ctnode.queue.worker import Attempt, AttemptResult, Outcome
 from ctnode.scu.association import params_for
 from ctnode.ul.dimse import C_STORE_RQ
-from ctnode.ul.requestor import ContextRequest, FileSegment, Negotiated, Requestor
+from ctnode.ul.requestor import (
+    AssociationObserver,
+    ContextRequest,
+    FileSegment,
+    Negotiated,
+    Requestor,
+)
 
 #: Item outcomes are committed at least this often (items / seconds).
 BATCH_ITEMS = 32
@@ -194,11 +201,19 @@ class _Batch:
         return not self.lost
 
 
+class SendObserver(AssociationObserver, Protocol):
+    """Metrics for outbound associations and delivered instances."""
+
+    def instance_sent(self, peer: str, size: int, code: int) -> None:
+        """A C-STORE we sent was answered with *code*."""
+
+
 class PushOperation:
     """Runs ``push`` jobs."""
 
-    def __init__(self, node: NodeSettings) -> None:
+    def __init__(self, node: NodeSettings, observer: SendObserver | None = None) -> None:
         self.node = node
+        self.observer = observer
 
     def run(self, attempt: Attempt) -> AttemptResult:
         """Send every pending item; one association per attempt."""
@@ -297,7 +312,7 @@ class PushOperation:
     ) -> AttemptResult | None:
         peer = attempt.peer
         contexts = plan_contexts([g[0] for g in group], peer.config.transfer_syntaxes)
-        params = params_for(peer, self.node, contexts)
+        params = params_for(peer, self.node, contexts, observer=self.observer)
         try:
             with Requestor(params) as assoc:
                 for item, offset, size in group:
@@ -372,6 +387,9 @@ class PushOperation:
             return AttemptResult(
                 Outcome.TRANSIENT, error=f"{assoc.peer_label} sent a C-STORE-RSP without Status"
             )
+        if self.observer is not None:
+            sent = size if isinstance(dataset, FileSegment) else len(dataset)
+            self.observer.instance_sent(attempt.peer.name, sent, code)
         verdict = st.outcome(code)
         if verdict is st.Outcome.DONE:
             batch.add(ItemOutcome(item.id, ItemState.SUCCEEDED, status=code))

@@ -67,6 +67,8 @@ class AssociationInfo:
     started: float = field(default_factory=time.monotonic)
     result: str = "open"
     detail: str | None = None
+    #: True once the A-ASSOCIATE-AC was sent.
+    established: bool = False
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, key: str, amount: int = 1) -> None:
@@ -134,6 +136,9 @@ class Application(Protocol):
 
     def handle(self, info: AssociationInfo, ctx: AcceptedContext, cmd: Command) -> Reply | None:
         """A command without a data set arrived; return the response."""
+
+    def established(self, info: AssociationInfo) -> None:
+        """The A-ASSOCIATE-AC was sent."""
 
     def ended(self, info: AssociationInfo) -> None:
         """The association is over (released, aborted, rejected or dropped)."""
@@ -293,6 +298,8 @@ class _Acceptor:
         )
         self._send(P.encode_associate_ac(ac))
         self.info.result = "accepted"
+        self.info.established = True
+        self.app.established(self.info)
         return True
 
     def _check(self, rq: P.AssociateRQ) -> Accept | Reject:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from ctnode.errors import AssociationAborted, AssociationRejected, PeerUnreachable
 from ctnode.ul import pdu as P
@@ -104,6 +104,16 @@ class FileSegment:
     length: int
 
 
+class AssociationObserver(Protocol):
+    """Told when outbound associations open and end (metrics)."""
+
+    def outbound_opened(self, peer: str) -> None:
+        """An association to *peer* was established."""
+
+    def outbound_ended(self, peer: str, result: str, *, was_open: bool) -> None:
+        """An association to *peer* ended (or never opened) with *result*."""
+
+
 @dataclass(slots=True)
 class AssociationParams:
     """Everything needed to open an association."""
@@ -118,6 +128,9 @@ class AssociationParams:
     roles: Sequence[P.RoleSelection] = ()
     ssl_context: ssl.SSLContext | None = None
     server_name: str | None = None
+    #: Peer name for metrics (low cardinality), and who to tell.
+    label: str = "unknown"
+    observer: AssociationObserver | None = None
 
 
 class Requestor:
@@ -135,6 +148,7 @@ class Requestor:
         self.peer_max_pdu = 0
         self.peer_roles: dict[str, P.RoleSelection] = {}
         self._next_message_id = 1
+        self._open_observed = False
         self._file_buf = bytearray()
         self.released = False
         #: Called for a request the peer sends us on this association (e.g. N-EVENT-REPORT).
@@ -157,6 +171,7 @@ class Requestor:
             reason = exc.strerror or str(exc)
             if isinstance(exc, TimeoutError):
                 reason = f"no answer within {p.timeouts.connect:g} s"
+            self._observe_failure("unreachable")
             raise PeerUnreachable(f"cannot connect to {p.host}:{p.port}: {reason}") from exc
         set_socket_options(raw)
         sock: socket.socket = raw
@@ -191,12 +206,14 @@ class Requestor:
             pdu_type, body = self.reader.read_pdu(first_timeout=p.timeouts.acse)
         except (OSError, PeerClosed, ReadTimeout, P.PDUError) as exc:
             self._close()
+            self._observe_failure("aborted")
             raise AssociationAborted(
                 f"{self.peer_label} did not answer the association request: {exc}"
             ) from exc
         if pdu_type == P.A_ASSOCIATE_RJ:
             rj = P.decode_associate_rj(bytes(body))
             self._close()
+            self._observe_failure("rejected")
             raise AssociationRejected(
                 f"{self.peer_label} rejected the association: "
                 + describe_rejection(rj.result, rj.source, rj.reason),
@@ -206,9 +223,11 @@ class Requestor:
             )
         if pdu_type == P.A_ABORT:
             self._close()
+            self._observe_failure("aborted")
             raise AssociationAborted(f"{self.peer_label} aborted the association request")
         if pdu_type != P.A_ASSOCIATE_AC:
             self.abort()
+            self._observe_failure("aborted")
             raise AssociationAborted(
                 f"{self.peer_label} answered the association request with PDU 0x{pdu_type:02X}"
             )
@@ -225,7 +244,14 @@ class Requestor:
                     ctx.context_id, ctx.abstract_syntax, ctx.transfer_syntaxes, result, syntax
                 )
             )
+        self._open_observed = True
+        if p.observer is not None:
+            p.observer.outbound_opened(p.label)
         return self
+
+    def _observe_failure(self, result: str) -> None:
+        if self.params.observer is not None:
+            self.params.observer.outbound_ended(self.params.label, result, was_open=False)
 
     def __enter__(self) -> Self:
         return self.open() if self.sock is None else self
@@ -508,3 +534,8 @@ class Requestor:
         sock, self.sock = self.sock, None
         if sock is not None:
             close_gracefully(sock, linger=0.05)
+        if self._open_observed:
+            self._open_observed = False
+            if self.params.observer is not None:
+                result = "released" if self.released else "aborted"
+                self.params.observer.outbound_ended(self.params.label, result, was_open=True)
