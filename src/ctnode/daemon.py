@@ -9,6 +9,7 @@ in-flight work finish within the grace period, then cut what is left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from ctnode.logs import get_logger
 from ctnode.peers import PeerRegistry, load_peers
 from ctnode.scp.handlers import ScpApplication
 from ctnode.scp.server import ScpServer
+from ctnode.sdnotify import Notifier
 from ctnode.storage import Store
+from ctnode.supervisor import Supervisor
 
 log = get_logger("ctnode.daemon")
 
@@ -109,9 +112,29 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime(settings, engine, sessions, peers, store, app, server)
 
 
-async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
-    """Start the SCP, wait for *stop*, shut down in order. Returns the exit code."""
+async def supervise(
+    runtime: Runtime,
+    stop: asyncio.Event,
+    *,
+    notifier: Notifier | None = None,
+    reload: asyncio.Event | None = None,
+) -> int:
+    """Start the SCP, wait for *stop*, shut down in order. Returns the exit code.
+
+    ``READY=1`` goes to *notifier* once the port is bound (the database was checked at head and
+    the peers were loaded by ``build_runtime``); setting *reload* reloads the peers.
+    """
     settings = runtime.settings
+    notifier = notifier or Notifier(None)
+    supervisor = Supervisor(
+        notifier=notifier,
+        server=runtime.server,
+        engine=runtime.engine,
+        peers=runtime.peers,
+        peers_dir=settings.peers_dir,
+        peers_required=not settings.is_embedded_default,
+        reload=reload or asyncio.Event(),
+    )
     runtime.server.start()
     log.info(
         "daemon.ready",
@@ -122,8 +145,14 @@ async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
         database=runtime.engine.url.render_as_string(hide_password=True),
         peers=len(runtime.peers()),
         embedded_default=settings.is_embedded_default,
+        watchdog_interval=notifier.watchdog_interval(),
     )
+    supervisor.ready()
+    supervision = asyncio.create_task(supervisor.run(stop), name="supervisor")
     await stop.wait()
+    supervision.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await supervision
     log.info("daemon.stopping", active_associations=runtime.server.active)
     runtime.server.stop_accepting()
     idle = await asyncio.to_thread(runtime.server.wait_idle, settings.node.shutdown_grace)
@@ -138,12 +167,22 @@ async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
 def run(settings: Settings) -> int:
     """Run the node until SIGTERM/SIGINT. Returns the process exit code."""
     runtime = build_runtime(settings)
+    notifier = Notifier.from_environ()
 
     async def main() -> int:
-        stop = asyncio.Event()
+        stop, reload = asyncio.Event(), asyncio.Event()
+
+        def terminate() -> None:  # STOPPING=1 is the very first thing a stop does
+            notifier.stopping(f"stopping; {runtime.server.active} association(s) in progress")
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await supervise(runtime, stop)
+            loop.add_signal_handler(sig, terminate)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        return await supervise(runtime, stop, notifier=notifier, reload=reload)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        notifier.close()
