@@ -9,6 +9,7 @@ in-flight work finish within the grace period, then cut what is left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ from ctnode.queue.worker import Operation, WorkerPool
 from ctnode.scp.handlers import ScpApplication
 from ctnode.scp.server import ScpServer
 from ctnode.scu.push import PushOperation
+from ctnode.sdnotify import Notifier
 from ctnode.storage import Store
+from ctnode.supervisor import QueueFigures, Supervisor
 
 log = get_logger("ctnode.daemon")
 
@@ -164,9 +167,36 @@ def readiness_checks(runtime: Runtime) -> list[ReadyCheck]:
     ]
 
 
-async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
-    """Start the SCP, wait for *stop*, shut down in order. Returns the exit code."""
+async def queue_figures(repo: JobRepository) -> QueueFigures:
+    """Queue depth and the oldest runnable queued job's age, for the STATUS= line."""
+    summary = await asyncio.to_thread(repo.summary)
+    return QueueFigures(summary.by_state.get("queued", 0), summary.oldest_queued_age)
+
+
+async def supervise(
+    runtime: Runtime,
+    stop: asyncio.Event,
+    *,
+    notifier: Notifier | None = None,
+    reload: asyncio.Event | None = None,
+) -> int:
+    """Start the SCP, wait for *stop*, shut down in order. Returns the exit code.
+
+    ``READY=1`` goes to *notifier* once the port is bound (the database was checked at head and
+    the peers were loaded by ``build_runtime``); setting *reload* reloads the peers.
+    """
     settings = runtime.settings
+    notifier = notifier or Notifier(None)
+    supervisor = Supervisor(
+        notifier=notifier,
+        server=runtime.server,
+        engine=runtime.engine,
+        peers=runtime.peers,
+        peers_dir=settings.peers_dir,
+        peers_required=not settings.is_embedded_default,
+        reload=reload or asyncio.Event(),
+        queue_figures=lambda: queue_figures(runtime.repo),
+    )
     runtime.server.start()
     log.info(
         "daemon.ready",
@@ -177,6 +207,7 @@ async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
         database=runtime.engine.url.render_as_string(hide_password=True),
         peers=len(runtime.peers()),
         embedded_default=settings.is_embedded_default,
+        watchdog_interval=notifier.watchdog_interval(),
     )
     health: HealthServer | None = None
     if settings.metrics.enabled:
@@ -188,7 +219,12 @@ async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
         log.info("metrics.listening", bind=settings.metrics.bind, port=health.port)
     stop_workers = asyncio.Event()
     workers = asyncio.create_task(runtime.workers.run(stop_workers), name="workers")
+    supervisor.ready()
+    supervision = asyncio.create_task(supervisor.run(stop), name="supervisor")
     await stop.wait()
+    supervision.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await supervision
     log.info(
         "daemon.stopping",
         active_associations=runtime.server.active,
@@ -214,12 +250,22 @@ async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
 def run(settings: Settings) -> int:
     """Run the node until SIGTERM/SIGINT. Returns the process exit code."""
     runtime = build_runtime(settings)
+    notifier = Notifier.from_environ()
 
     async def main() -> int:
-        stop = asyncio.Event()
+        stop, reload = asyncio.Event(), asyncio.Event()
+
+        def terminate() -> None:  # STOPPING=1 is the very first thing a stop does
+            notifier.stopping(f"stopping; {runtime.server.active} association(s) in progress")
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await supervise(runtime, stop)
+            loop.add_signal_handler(sig, terminate)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        return await supervise(runtime, stop, notifier=notifier, reload=reload)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        notifier.close()
