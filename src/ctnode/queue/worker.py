@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+import structlog
+
 from ctnode import __version__
 from ctnode.config import QueueSettings
 from ctnode.errors import NotFound
@@ -108,6 +110,16 @@ class Operation(Protocol):
 
     def run(self, attempt: Attempt) -> AttemptResult:
         """Make one attempt (blocking; runs in a worker thread)."""
+
+
+def _run_with_context(operation: Operation, attempt: Attempt) -> AttemptResult:
+    """Run an attempt with the job bound to every log line of its thread."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(**attempt.job.log_context())
+    try:
+        return operation.run(attempt)
+    finally:
+        structlog.contextvars.clear_contextvars()
 
 
 def new_owner(node_name: str) -> str:
@@ -294,7 +306,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(
-                self.executor, self.operations[job.kind].run, attempt
+                self.executor, _run_with_context, self.operations[job.kind], attempt
             )
         except Exception as exc:  # a bug in an operation must not kill the worker
             jlog.exception("job.attempt_crashed", error=str(exc))

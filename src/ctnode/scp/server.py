@@ -17,6 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from ctnode.config import NodeSettings
 from ctnode.logs import get_logger
 from ctnode.peers import PeerRegistry, is_self_address, normalize_address
@@ -197,6 +199,8 @@ class ScpServer:
         thread.start()
 
     def _serve(self, sock: socket.socket, info: AssociationInfo, over_limit: bool) -> None:
+        # Every log line from this thread (pydicom's, the stdlib's) carries the association.
+        structlog.contextvars.bind_contextvars(association=info.id, peer_address=info.address)
         try:
             if info.tls:
                 wrapped = self._handshake(sock, info)
