@@ -221,7 +221,7 @@ class _Acceptor:
         if dataset is not None:
             fields = {**fields, "CommandDataSetType": 0x0000}
         command = encode_command(fields)
-        max_fragment = (self.info.peer_max_pdu or (1 << 24)) - 6
+        max_fragment = P.pdv_capacity(self.info.peer_max_pdu)
         self._send_fragments(context_id, command, True, max_fragment)
         if dataset is not None:
             self._send_fragments(context_id, dataset, False, max_fragment)
@@ -326,7 +326,11 @@ class _Acceptor:
         command_buf = bytearray()
         command_ctx: int | None = None
         while True:
-            idle = self.limits.network_timeout if current is None else self.limits.dimse_timeout
+            # Between messages a peer may be silent for network_timeout; while a data set is
+            # coming, for dimse_timeout but never longer than network_timeout.
+            idle = self.limits.network_timeout
+            if current is not None:
+                idle = min(self.limits.dimse_timeout, idle)
             pdu_type, body = self.reader.read_pdu(first_timeout=idle)
             if pdu_type == P.P_DATA_TF:
                 for context_id, control, data in P.iter_pdvs(body):

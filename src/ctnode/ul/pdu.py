@@ -362,6 +362,17 @@ def encode_abort(source: int = ABORT_SOURCE_USER, reason: int = 0) -> bytes:
     return _pdu(A_ABORT, bytes([0, 0, source, reason]))
 
 
+def pdv_capacity(max_pdu_length: int) -> int:
+    """Data bytes per PDV so a one-PDV P-DATA-TF stays within a peer's maximum PDU length.
+
+    0 means unlimited (we still fragment, at 16 MiB). A maximum below 7 leaves no room for data;
+    such a peer gets one byte per PDV rather than an endless stream of empty ones.
+    """
+    if max_pdu_length <= 0:
+        return 1 << 24
+    return max(max_pdu_length - 6, 1)
+
+
 def pdata_header(context_id: int, is_command: bool, is_last: bool, data_length: int) -> bytes:
     """Header of a P-DATA-TF PDU carrying exactly one PDV of *data_length* bytes."""
     control = (1 if is_command else 0) | (2 if is_last else 0)
