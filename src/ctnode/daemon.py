@@ -26,6 +26,7 @@ from ctnode.peers import PeerRegistry, load_peers
 from ctnode.scp.handlers import ScpApplication
 from ctnode.scp.server import ScpServer
 from ctnode.storage import Store
+from ctnode.tls import server_context
 
 log = get_logger("ctnode.daemon")
 
@@ -97,6 +98,8 @@ def build_runtime(settings: Settings) -> Runtime:
     registry = load_peers(settings.peers_dir)
     for warning in registry.warnings:
         log.warning("config.peer_warning", detail=warning)
+    tls = settings.node.tls
+    tls_context = server_context(tls) if tls.enabled else None  # ConfigError before the database
     engine = open_database(settings, migrate_sqlite=True)
     sessions = session_factory(engine)
     store = Store(settings.storage, sessions, settings.node.name)
@@ -105,7 +108,7 @@ def build_runtime(settings: Settings) -> Runtime:
         log.info("storage.spool_recovered", files=recovered)
     peers = PeerHolder(registry)
     app = ScpApplication(settings.node, store, peers)
-    server = ScpServer(settings.node, app, peers)
+    server = ScpServer(settings.node, app, peers, tls_context=tls_context)
     return Runtime(settings, engine, sessions, peers, store, app, server)
 
 
@@ -118,6 +121,7 @@ async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
         ae_title=settings.node.ae_title,
         bind=settings.node.bind,
         port=runtime.server.port,
+        tls_port=runtime.server.tls_port,
         data_dir=str(settings.storage.data_dir),
         database=runtime.engine.url.render_as_string(hide_password=True),
         peers=len(runtime.peers()),

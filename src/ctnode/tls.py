@@ -19,6 +19,7 @@ import select
 import socket
 import ssl
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from ctnode.config import TlsSettings
@@ -156,3 +157,23 @@ def server_handshake(sock: socket.socket, context: ssl.SSLContext, timeout: floa
                 poller.unregister(tls_sock.fileno())
     tls_sock.setblocking(True)
     return tls_sock
+
+
+def configuration_problems(tls: TlsSettings, peers: Iterable[Peer]) -> list[str]:
+    """Every TLS problem in ``node.tls`` and the peers' ``tls`` (for ``ctnode config check``).
+
+    Certificates and keys are actually loaded, so a wrong path or a key that does not match its
+    certificate is reported before ``ctnode run``.
+    """
+    problems: list[str] = []
+    if tls.enabled:
+        try:
+            server_context(tls)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    for peer in peers:
+        try:
+            client_context(peer)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
