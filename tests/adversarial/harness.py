@@ -119,15 +119,18 @@ class Baseline:
 class HostileNode:
     """``ctnode run`` under attack, with the bookkeeping the invariants need."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, open_to_unknown_callers: bool = False) -> None:
         self.workdir = workdir
         self.private_tmp = workdir / "node-tmp"
         self.private_tmp.mkdir(parents=True)
         #: Put in every hostile path so an escape can be found anywhere.
         self.marker = f"ctnode-adv-{secrets.token_hex(4)}"
+        config = CONFIG
+        if open_to_unknown_callers:  # like the embedded default
+            config = {**CONFIG, "node": {**CONFIG["node"], "accept_unknown_callers": True}}
         self.proc = CtnodeProcess(
             workdir / "node",
-            config=CONFIG,
+            config=config,
             peers=PEERS,
             env={"TMPDIR": str(self.private_tmp)},
         )
