@@ -137,11 +137,21 @@ def server_handshake(sock: socket.socket, context: ssl.SSLContext, timeout: floa
     deadline = time.monotonic() + timeout
     sock.setblocking(False)
     tls_sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    try:
+        _complete_handshake(tls_sock, deadline, timeout)
+    except BaseException:
+        tls_sock.close()  # it owns the descriptor now; closing *sock* would not close it
+        raise
+    tls_sock.setblocking(True)
+    return tls_sock
+
+
+def _complete_handshake(tls_sock: ssl.SSLSocket, deadline: float, timeout: float) -> None:
     poller = select.poll()
     while True:
         try:
             tls_sock.do_handshake()
-            break
+            return
         except ssl.SSLWantReadError:
             events = select.POLLIN
         except ssl.SSLWantWriteError:
@@ -155,8 +165,6 @@ def server_handshake(sock: socket.socket, context: ssl.SSLContext, timeout: floa
         finally:
             with contextlib.suppress(KeyError):
                 poller.unregister(tls_sock.fileno())
-    tls_sock.setblocking(True)
-    return tls_sock
 
 
 def configuration_problems(tls: TlsSettings, peers: Iterable[Peer]) -> list[str]:

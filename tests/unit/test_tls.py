@@ -127,13 +127,16 @@ def test_configuration_problems_collects_all(tmp_path: Path, pki: Pki) -> None:
 
 
 def test_handshake_deadline_covers_a_silent_client(pki: Pki) -> None:
-    """A client that never sends a ClientHello: HandshakeTimeout after the deadline."""
+    """A client that never sends a ClientHello: HandshakeTimeout after the deadline, and the
+    connection is closed (the client reads EOF at once)."""
     server, client = socket.socketpair()
     with server, client:
         started = time.monotonic()
         with pytest.raises(HandshakeTimeout):
             server_handshake(server, server_context(_settings(pki)), 0.3)
         assert 0.25 <= time.monotonic() - started < 3
+        client.settimeout(2)
+        assert client.recv(1) == b""
 
 
 def test_handshake_succeeds_with_a_trusted_client(tmp_path: Path, pki: Pki) -> None:
