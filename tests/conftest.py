@@ -15,6 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from ctnode.db import migrate
 from ctnode.db.engine import create_db_engine, session_factory
 
+# pynetdicom installs its own echoscu/storescu/storescp/findscu/movescu into the venv's bin;
+# the tests mean DCMTK's (Debian package, /usr/bin) whatever the PATH of the caller.
+os.environ["PATH"] = "/usr/bin:" + os.environ.get("PATH", "")
+
 # Tests craft invalid values on purpose (traversal UIDs, over-long values): do not warn on them.
 pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

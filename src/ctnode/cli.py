@@ -186,6 +186,10 @@ def config_check(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             warnings.extend(registry.warnings)
         except ConfigError as exc:
             problems.extend(exc.problems or [str(exc)])
+        else:
+            from ctnode.tls import configuration_problems
+
+            problems.extend(configuration_problems(settings.node.tls, registry))
     source = str(settings.source_file) if settings and settings.source_file else "embedded default"
     if as_json:
         emit_json(

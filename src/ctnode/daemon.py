@@ -41,6 +41,7 @@ from ctnode.scu.push import PushOperation
 from ctnode.sdnotify import Notifier
 from ctnode.storage import Store
 from ctnode.supervisor import QueueFigures, Supervisor
+from ctnode.tls import server_context
 
 log = get_logger("ctnode.daemon")
 
@@ -115,6 +116,8 @@ def build_runtime(settings: Settings) -> Runtime:
     registry = load_peers(settings.peers_dir)
     for warning in registry.warnings:
         log.warning("config.peer_warning", detail=warning)
+    tls = settings.node.tls
+    tls_context = server_context(tls) if tls.enabled else None  # ConfigError before the database
     engine = open_database(settings, migrate_sqlite=True)
     sessions = session_factory(engine)
     store = Store(settings.storage, sessions, settings.node.name)
@@ -124,7 +127,7 @@ def build_runtime(settings: Settings) -> Runtime:
     peers = PeerHolder(registry)
     metrics = Metrics()
     app = ScpApplication(settings.node, store, peers, observer=metrics)
-    server = ScpServer(settings.node, app, peers)
+    server = ScpServer(settings.node, app, peers, tls_context=tls_context)
     repo = JobRepository(engine, lease_seconds=settings.queue.lease_seconds)
     operations: dict[JobKind, Operation] = {
         JobKind.PUSH: PushOperation(settings.node, observer=metrics),
@@ -203,6 +206,7 @@ async def supervise(
         ae_title=settings.node.ae_title,
         bind=settings.node.bind,
         port=runtime.server.port,
+        tls_port=runtime.server.tls_port,
         data_dir=str(settings.storage.data_dir),
         database=runtime.engine.url.render_as_string(hide_password=True),
         peers=len(runtime.peers()),

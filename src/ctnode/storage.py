@@ -46,7 +46,13 @@ from ctnode.dicom import scan as tags
 from ctnode.dicom import status
 from ctnode.dicom.contexts import DEFLATED_EXPLICIT_VR_LE, is_explicit_vr
 from ctnode.dicom.filemeta import file_meta, read_meta_length
-from ctnode.dicom.scan import DatasetError, DatasetTooDeep, ScanResult, scan_dataset
+from ctnode.dicom.scan import (
+    DatasetError,
+    DatasetTooDeep,
+    DatasetTooLarge,
+    ScanResult,
+    scan_dataset,
+)
 from ctnode.dicom.uids import is_valid_uid
 from ctnode.logs import get_logger
 
@@ -358,6 +364,8 @@ class Store:
             scan = self._scan(spool)
         except DatasetTooDeep as exc:
             return _refused(status.CANNOT_UNDERSTAND, str(exc))
+        except DatasetTooLarge as exc:
+            return _refused(status.OUT_OF_RESOURCES, f"{exc} (storage.max_instance_bytes)")
         except DatasetError as exc:
             return _refused(status.CANNOT_UNDERSTAND, f"undecodable data set: {exc}")
         checked = self._check(request, scan)

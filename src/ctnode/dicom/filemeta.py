@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+from ctnode.dicom.uids import ae_title_problem
 from ctnode.ul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 PREAMBLE = bytes(128) + b"DICM"
@@ -26,7 +27,14 @@ def file_meta(
     transfer_syntax_uid: str,
     source_ae_title: str | None = None,
 ) -> bytes:
-    """Preamble, ``DICM`` and the file meta group for an object received over the network."""
+    """Preamble, ``DICM`` and the file meta group for an object received over the network.
+
+    The Source AE Title is the caller's calling AE title, written only when it is a valid AE
+    title: a caller on an open node can call itself anything (non-ASCII bytes, control
+    characters, backslashes), and none of that belongs in a stored file.
+    """
+    if source_ae_title is not None and ae_title_problem(source_ae_title) is not None:
+        source_ae_title = None
     body = b"".join(
         [
             _element(0x0001, b"OB", b"\x00\x01"),

@@ -75,6 +75,10 @@ class DatasetTooDeep(DatasetError):
     """Sequences nest deeper than the limit."""
 
 
+class DatasetTooLarge(DatasetError):
+    """A deflated data set inflates beyond the size limit."""
+
+
 @dataclass(slots=True)
 class ScanResult:
     """What the walk found: raw bytes of the wanted top-level elements and the data set length."""
@@ -232,7 +236,7 @@ def scan_dataset(
         except zlib.error as exc:
             raise DatasetError(f"deflated data set does not inflate: {exc}") from exc
         if inflater.unconsumed_tail:
-            raise DatasetError(f"deflated data set inflates to more than {max_inflated} bytes")
+            raise DatasetTooLarge(f"deflated data set inflates to more than {max_inflated} bytes")
     walker = _Walker(data, frozenset(wanted), max_depth)
     try:
         walker.dataset(0, len(data), explicit_vr, 0, delimited=False)

@@ -13,7 +13,8 @@ C-STORE — statuses:
 * 0x0000 stored durably (or an identical copy was already stored; or a conflicting duplicate was
   quarantined under ``on_duplicate: keep_first``; or it replaced the old copy under ``overwrite``)
 * 0xA700 out of resources: free space below ``min_free_bytes``, disk full, data set larger than
-  ``max_instance_bytes``, index database locked or unreachable
+  ``max_instance_bytes`` (as received, or once inflated for Deflated Explicit VR), index
+  database locked or unreachable
 * 0xA900 data set does not match: its SOP Class/Instance UID differs from the command's, it
   lacks Study/Series Instance UID, or (``on_duplicate: reject``) a different copy is stored
 * 0xC000 cannot understand: invalid UID (traversal, too long, not digits and dots), undecodable
@@ -21,7 +22,8 @@ C-STORE — statuses:
 * 0x0122 SOP class not supported: the command's SOP class is not the presentation context's
 
 N-EVENT-REPORT (storage commitment report) — delegated to the commitment reconciler: 0x0000 once
-processed, 0x0110 for an unknown transaction or a report from a peer we did not ask.
+processed, 0x0110 for an unknown transaction or a report from a peer we did not ask (and 0x0110
+for every report while no reconciler is wired).
 
 Any other request — 0x0211 (unrecognised operation).
 """
@@ -229,7 +231,7 @@ class ScpApplication:
         }
         if info.detail:
             fields["detail"] = info.detail
-        if info.result in ("rejected", "aborted", "timeout", "dropped"):
+        if info.result in ("rejected", "aborted", "timeout", "dropped", "tls_failed"):
             log.warning(event, **fields)
         else:
             log.info(event, **fields)

@@ -1,8 +1,11 @@
 """The listener: accept loop, per-association threads, limits, TLS, orderly stop.
 
-The accept loop does nothing that can block: it accepts, counts and hands the socket to a new
-thread. Everything else — the TLS handshake (with its own deadline), the source-address check,
-the association limits and the association itself — happens in that thread.
+The accept loop does nothing that can block: it accepts, decides from counters and the peers'
+addresses whether the connection is admitted (source address checked before any PDU is read;
+association limits), and hands the socket to a new thread. Everything else — the TLS handshake
+(with a deadline on the whole of it), the A-ASSOCIATE-RJ for a connection that was not admitted,
+and the association itself — happens in that thread. A flood beyond the hard caps is closed at
+once, without a thread or a reply.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ctnode.config import NodeSettings
 from ctnode.logs import get_logger
 from ctnode.peers import PeerRegistry, is_self_address, normalize_address
 from ctnode.scp.handlers import ScpApplication
+from ctnode.tls import describe_failure, server_handshake
 from ctnode.ul import pdu as P
 from ctnode.ul.acceptor import (
     AcceptorLimits,
@@ -35,11 +39,26 @@ from ctnode.ul.transport import close_gracefully, set_socket_options
 log = get_logger("ctnode.scp")
 
 
+#: Longest wait for the requestor's first bytes before an early A-ASSOCIATE-RJ (_reject_early).
+EARLY_REJECT_WAIT = 2.0
+#: A-ASSOCIATE-RJ for a node or address at its association limit: transient, local limit.
+_LIMIT_RJ = (P.RJ_TRANSIENT, P.RJ_SOURCE_PRESENTATION, P.RJ_LOCAL_LIMIT_EXCEEDED)
+
+
 @dataclass(slots=True)
 class _Connection:
     sock: socket.socket
     address: str
+    admitted: bool
     thread: threading.Thread | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    """A-ASSOCIATE-RJ decided when the connection was accepted (before any PDU is read)."""
+
+    rj: tuple[int, int, int]
+    why: str
 
 
 class ScpServer:
@@ -60,7 +79,13 @@ class ScpServer:
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._connections: dict[str, _Connection] = {}
+        #: Every connection with a thread (admitted or being rejected), per source address.
         self._per_address: Counter[str] = Counter()
+        #: Connections admitted to association negotiation: what the limits count.
+        self._admitted = 0
+        self._admitted_per_address: Counter[str] = Counter()
+        #: Connections closed at once because a hard cap was reached (floods).
+        self.dropped = 0
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -174,31 +199,66 @@ class ScpServer:
                     continue
                 self._spawn(sock, normalize_address(str(addr[0])), int(addr[1]), bool(key.data))
 
+    def _verdict(self, address: str) -> _Rejection | None:
+        """Why a new connection from *address* is refused, or None if it is admitted.
+
+        Called with the lock held. Only admitted connections count towards the association
+        limits, so connections being rejected (a flood, a port scanner) never push a legitimate
+        device over them.
+        """
+        node = self.node
+        if (
+            not node.accept_unknown_callers
+            and not is_self_address(address)
+            and address not in self.peers().known_addresses
+        ):
+            return _Rejection(
+                (P.RJ_PERMANENT, P.RJ_SOURCE_USER, P.RJ_CALLING_AE_NOT_RECOGNIZED),
+                f"{address} is not the address of any configured peer",
+            )
+        if self._admitted >= node.max_associations:
+            return _Rejection(_LIMIT_RJ, "association limit reached (node.max_associations)")
+        if self._admitted_per_address[address] >= node.max_associations_per_address:
+            return _Rejection(
+                _LIMIT_RJ,
+                f"{address} already has {node.max_associations_per_address} associations "
+                "(node.max_associations_per_address)",
+            )
+        return None
+
     def _spawn(self, sock: socket.socket, address: str, port: int, tls: bool) -> None:
         sock.setblocking(True)
         set_socket_options(sock)
+        # Beyond these, a connection is closed at once: no thread, no reply. The per-address one
+        # keeps a single flooding address from using up the global one.
         hard_cap = self.node.max_associations * 2 + 16
+        per_address_cap = self.node.max_associations_per_address * 2
         with self._lock:
-            if len(self._connections) >= hard_cap:
-                sock.close()  # flood: no thread, no reply
+            if len(self._connections) >= hard_cap or self._per_address[address] >= per_address_cap:
+                self.dropped += 1
+                sock.close()
                 return
             info = AssociationInfo(new_association_id(), address, port, tls=tls)
-            conn = _Connection(sock, address)
+            rejection = self._verdict(address)
+            conn = _Connection(sock, address, admitted=rejection is None)
             self._connections[info.id] = conn
             self._per_address[address] += 1
-            over_total = len(self._connections) > self.node.max_associations
-            over_address = self._per_address[address] > self.node.max_associations_per_address
+            if conn.admitted:
+                self._admitted += 1
+                self._admitted_per_address[address] += 1
             self.total_associations += 1
         thread = threading.Thread(
             target=self._serve,
-            args=(sock, info, over_total or over_address),
+            args=(sock, info, rejection),
             name=f"assoc-{info.id}",
             daemon=True,
         )
         conn.thread = thread
         thread.start()
 
-    def _serve(self, sock: socket.socket, info: AssociationInfo, over_limit: bool) -> None:
+    def _serve(
+        self, sock: socket.socket, info: AssociationInfo, rejection: _Rejection | None
+    ) -> None:
         # Every log line from this thread (pydicom's, the stdlib's) carries the association.
         structlog.contextvars.bind_contextvars(association=info.id, peer_address=info.address)
         try:
@@ -209,25 +269,8 @@ class ScpServer:
                 sock = wrapped
                 with self._lock:
                     self._connections[info.id].sock = sock
-            if over_limit:
-                self._reject_early(
-                    sock,
-                    info,
-                    (P.RJ_TRANSIENT, P.RJ_SOURCE_PRESENTATION, P.RJ_LOCAL_LIMIT_EXCEEDED),
-                    "association limit reached (node.max_associations or per-address limit)",
-                )
-                return
-            if (
-                not self.node.accept_unknown_callers
-                and not is_self_address(info.address)
-                and info.address not in self.peers().known_addresses
-            ):
-                self._reject_early(
-                    sock,
-                    info,
-                    (P.RJ_PERMANENT, P.RJ_SOURCE_USER, P.RJ_CALLING_AE_NOT_RECOGNIZED),
-                    f"{info.address} is not the address of any configured peer",
-                )
+            if rejection is not None:
+                self._reject_early(sock, info, rejection.rj, rejection.why)
                 return
             limits = AcceptorLimits(
                 our_ae_title=self.node.ae_title,
@@ -242,27 +285,33 @@ class ScpServer:
             with contextlib.suppress(OSError):
                 sock.close()
         finally:
-            with self._lock:
-                self._connections.pop(info.id, None)
-                self._per_address[info.address] -= 1
-                if self._per_address[info.address] <= 0:
-                    del self._per_address[info.address]
+            self._release(info)
+
+    def _release(self, info: AssociationInfo) -> None:
+        with self._lock:
+            conn = self._connections.pop(info.id, None)
+            address = info.address
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
+            if conn is not None and conn.admitted:
+                self._admitted -= 1
+                self._admitted_per_address[address] -= 1
+                if self._admitted_per_address[address] <= 0:
+                    del self._admitted_per_address[address]
 
     def _handshake(self, sock: socket.socket, info: AssociationInfo) -> ssl.SSLSocket | None:
+        """The TLS handshake, in the association's thread, bounded by handshake_timeout."""
         assert self.tls_context is not None
-        sock.settimeout(self.node.tls.handshake_timeout)
         try:
-            wrapped = self.tls_context.wrap_socket(
-                sock, server_side=True, do_handshake_on_connect=False
-            )
-            wrapped.do_handshake()
+            return server_handshake(sock, self.tls_context, self.node.tls.handshake_timeout)
         except (ssl.SSLError, OSError) as exc:
-            info.result, info.detail = "tls_failed", f"TLS handshake failed: {exc}"
+            info.result = "tls_failed"
+            info.detail = f"TLS handshake failed: {describe_failure(exc)}"
             with contextlib.suppress(OSError):
                 sock.close()
             self.app.ended(info)
             return None
-        return wrapped
 
     def _reject_early(
         self,
@@ -271,6 +320,16 @@ class ScpServer:
         rj: tuple[int, int, int],
         why: str,
     ) -> None:
+        """A-ASSOCIATE-RJ decided before any PDU was read.
+
+        The requestor's first bytes (its A-ASSOCIATE-RQ, read but never parsed) are awaited
+        first, for at most ``EARLY_REJECT_WAIT`` seconds: an RJ that overtakes the request is
+        taken for an abort by some stacks (pynetdicom among them), and a request arriving after
+        our close would be answered with a TCP RST that can destroy the unread RJ.
+        """
+        with contextlib.suppress(OSError):
+            sock.settimeout(min(self.node.timeouts.acse, EARLY_REJECT_WAIT))
+            sock.recv(65536)
         with contextlib.suppress(OSError):
             sock.settimeout(2)
             sock.sendall(P.encode_associate_rj(*rj))

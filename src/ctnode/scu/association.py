@@ -6,27 +6,15 @@ import ssl
 from collections.abc import Sequence
 
 from ctnode.config import NodeSettings
-from ctnode.errors import ConfigError
 from ctnode.peers import Peer
+from ctnode.tls import client_context
 from ctnode.ul import pdu as P
 from ctnode.ul.requestor import AssociationObserver, AssociationParams, ContextRequest, Timeouts
 
 
 def client_ssl_context(peer: Peer) -> ssl.SSLContext | None:
-    """A TLS client context for *peer*, or None when its TLS is off (ConfigError if unusable)."""
-    tls = peer.config.tls
-    if not tls.enabled:
-        return None
-    try:
-        context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca) if tls.ca else None
-        )
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if tls.cert:
-            context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{peer.path}: tls: cannot load certificates: {exc}") from exc
-    return context
+    """A TLS client context for *peer*, or None when its TLS is off (see ``ctnode.tls``)."""
+    return client_context(peer)
 
 
 def params_for(

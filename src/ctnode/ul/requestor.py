@@ -181,8 +181,11 @@ class Requestor:
                 sock = p.ssl_context.wrap_socket(raw, server_hostname=p.server_name or p.host)
             except (ssl.SSLError, OSError) as exc:
                 raw.close()
+                reason = exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else ""
                 raise PeerUnreachable(
-                    f"TLS handshake with {p.host}:{p.port} failed: {exc}"
+                    f"TLS handshake with {p.host}:{p.port} failed: "
+                    + (f"certificate verify failed: {reason}" if reason else str(exc))
+                    + " (check the peer's tls settings: ca, cert, key, server_name)"
                 ) from exc
         self.sock = sock
         self.reader = PduReader(sock, max(p.max_pdu_length, 1 << 20), p.timeouts.network)

@@ -139,16 +139,21 @@ def send_all(sock: socket.socket, data: bytes | memoryview, timeout: float) -> N
 
 
 def close_gracefully(sock: socket.socket, linger: float = 1.0) -> None:
-    """Half-close, drain what the peer still sends (briefly), then close.
+    """Let the peer close first (within *linger* seconds), draining what it sends; then close.
 
-    Closing with unread data makes the kernel send a RST, which can destroy an A-ASSOCIATE-RJ
-    or A-ABORT before the peer has read it; draining first lets the peer see our last PDU.
+    PS3.8 (state Sta13): after an A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT the requestor closes
+    the transport connection and the acceptor waits for that (ARTIM) before closing itself.
+    Closing at once races our FIN with the last PDU (some stacks then report an abort instead
+    of the rejection), and closing with unread data makes the kernel send a RST, which can
+    destroy that PDU before the peer has read it. Never blocks longer than *linger*.
     """
     try:
-        sock.shutdown(socket.SHUT_WR)
         deadline = time.monotonic() + linger
-        sock.settimeout(0.1)
-        while time.monotonic() < deadline:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(min(left, 0.1))
             try:
                 if not sock.recv(65536):
                     break
