@@ -17,17 +17,20 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from ctnode.commitment import Reconciler, Retention
 from ctnode.config import Settings
 from ctnode.db import migrate
 from ctnode.db.engine import create_db_engine, is_sqlite, session_factory
 from ctnode.errors import ConfigError, DatabaseError, SchemaNotAtHead
 from ctnode.logs import get_logger
 from ctnode.peers import PeerRegistry, load_peers
+from ctnode.queue.commitment import CommitmentRepository
 from ctnode.queue.jobs import JobKind
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.worker import Operation, WorkerPool
 from ctnode.scp.handlers import ScpApplication
 from ctnode.scp.server import ScpServer
+from ctnode.scu.commit import CommitOperation, commit_after_push
 from ctnode.scu.push import PushOperation
 from ctnode.storage import Store
 
@@ -110,12 +113,41 @@ def build_runtime(settings: Settings) -> Runtime:
     if recovered:
         log.info("storage.spool_recovered", files=recovered)
     peers = PeerHolder(registry)
-    app = ScpApplication(settings.node, store, peers)
-    server = ScpServer(settings.node, app, peers)
     repo = JobRepository(engine, lease_seconds=settings.queue.lease_seconds)
-    operations: dict[JobKind, Operation] = {JobKind.PUSH: PushOperation(settings.node)}
+    # -- storage commitment: reports reconciled on :4006, commit jobs, retention --
+    commits = CommitmentRepository(repo)
+    retention = Retention(settings.storage, store)
+    reconciler = Reconciler(commits, retention)
+    _warn_commitment_peers(settings, registry)
+    app = ScpApplication(settings.node, store, peers, report_handler=reconciler.handle_inbound)
+    server = ScpServer(settings.node, app, peers)
+    push = PushOperation(settings.node, after_success=commit_after_push(settings, repo))
+    operations: dict[JobKind, Operation] = {
+        JobKind.PUSH: push,
+        JobKind.COMMIT: CommitOperation(settings.node, commits, reconciler, retention, push),
+    }
     workers = WorkerPool(repo, settings.queue, peers, operations, node_name=settings.node.name)
-    return Runtime(settings, engine, sessions, peers, store, app, server, repo, workers)
+    runtime = Runtime(settings, engine, sessions, peers, store, app, server, repo, workers)
+    runtime.extras["reconciler"] = reconciler
+    return runtime
+
+
+def _warn_commitment_peers(settings: Settings, registry: PeerRegistry) -> None:
+    """``storage.commitment_peers`` should name configured peers (retention counts only them)."""
+    for name in settings.storage.commitment_peers:
+        if name not in registry.peers:
+            log.warning(
+                "config.commitment_peer_unknown",
+                peer=name,
+                detail="storage.commitment_peers names no peer file; its commitments never "
+                "remove local instances",
+            )
+    if settings.storage.delete_after_commit and not settings.storage.commitment_peers:
+        log.warning(
+            "config.retention_without_peers",
+            detail="storage.delete_after_commit is true but storage.commitment_peers is empty: "
+            "nothing will be removed",
+        )
 
 
 async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
@@ -133,6 +165,15 @@ async def supervise(runtime: Runtime, stop: asyncio.Event) -> int:
         embedded_default=settings.is_embedded_default,
     )
     stop_workers = asyncio.Event()
+    reconciler = runtime.extras.get("reconciler")
+    if isinstance(reconciler, Reconciler):
+        # A commitment report (SCP thread) makes its job runnable: tell idle workers at once.
+        loop = asyncio.get_running_loop()
+
+        def notify() -> None:
+            loop.call_soon_threadsafe(runtime.workers.wake)
+
+        reconciler.notify = notify
     workers = asyncio.create_task(runtime.workers.run(stop_workers), name="workers")
     await stop.wait()
     log.info(
