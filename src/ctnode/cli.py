@@ -282,23 +282,32 @@ def instances(
     ctx: typer.Context,
     study: Annotated[str | None, typer.Option("--study", help="Study Instance UID.")] = None,
     series: Annotated[str | None, typer.Option("--series", help="Series Instance UID.")] = None,
+    deleted: Annotated[
+        bool,
+        typer.Option("--deleted", help="Also list instances removed after storage commitment."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the instances of a study (or series) in the local store."""
-    from ctnode.index import instance_json, list_instances
+    """List the instances of a study (or series) in the local store, with the peers that
+    committed each one (storage commitment)."""
+    from ctnode.index import commitments_of, instance_json, list_instances
 
     if study is None and series is None:
         fail("give --study UID or --series UID", 2)
     settings = settings_of(ctx)
-    rows = _with_session(
-        settings,
-        lambda s: [instance_json(r) for r in list_instances(s, study=study, series=series)],
-    )
+
+    def work(session: Any) -> list[dict[str, Any]]:
+        found = list_instances(session, study=study, series=series, include_deleted=deleted)
+        commits = commitments_of(session, [r.sop_instance_uid for r in found])
+        return [instance_json(r, commits.get(r.sop_instance_uid)) for r in found]
+
+    rows = _with_session(settings, work)
     if as_json:
         emit_json(rows)
         return
+    headers = ["SOP INSTANCE UID", "MODALITY", "SERIES", "NUMBER", "BYTES", "RECEIVED"]
     print_table(
-        ["SOP INSTANCE UID", "MODALITY", "SERIES", "NUMBER", "BYTES", "RECEIVED"],
+        [*headers, "COMMITTED BY", *(["DELETED"] if deleted else [])],
         [
             [
                 r["sop_instance_uid"],
@@ -307,6 +316,8 @@ def instances(
                 r["instance_number"],
                 r["size_bytes"],
                 r["received_at"],
+                ",".join(c["peer"] for c in r["committed_by"]),
+                *([r["deleted_at"] or ""] if deleted else []),
             ]
             for r in rows
         ],
@@ -449,6 +460,14 @@ def push(
     idempotency_key: Annotated[
         str | None, typer.Option("--idempotency-key", help="Submit at most once per key.")
     ] = None,
+    commit_after: Annotated[
+        bool,
+        typer.Option(
+            "--commit",
+            help="Once delivered, request storage commitment of exactly those instances "
+            "(with --wait, also wait until they are committed).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue a C-STORE of files, directories or a local study/series to PEER; prints the job id."""
@@ -462,6 +481,8 @@ def push(
     target = load_peers(settings.peers_dir).get(peer)
     if "store" not in target.config.services:
         fail(f"peer {peer!r} does not allow store (services in {target.path})", 2)
+    if commit_after:
+        check_commit_peer(target)
     if bool(paths) == bool(study or series):
         fail("give PATH... or --study/--series (not both)", 2)
     repo = open_repo(settings)
@@ -492,6 +513,8 @@ def push(
             2,
         )
     policy = RetryPolicy.from_settings(target.config.retry or settings.queue.retry)
+    if commit_after:
+        source = {**source, "commit": True}
     job, created = repo.submit(
         JobKind.PUSH,
         peer,
@@ -504,7 +527,156 @@ def push(
     )
     if not created:
         typer.echo(f"ctnode: job {job.id} already exists for this idempotency key", err=True)
+    if commit_after and wait:
+        finish_push_and_commit(repo, job.id, as_json=as_json, extra={"skipped": skipped})
+        return
     finish_job_command(repo, job.id, wait=wait, as_json=as_json, extra={"skipped": skipped})
+
+
+# ---------------------------------------------------------------- storage commitment
+
+
+def check_commit_peer(target: Any) -> None:
+    """Usage error unless ctnode may ask *target* for commitment; warn if its reports on a new
+    association would be refused."""
+    if "commit" not in target.config.services:
+        fail(f"peer {target.name!r} does not allow commit (services in {target.path})", 2)
+    if "commitment_report" not in target.config.accept:
+        typer.echo(
+            f"ctnode: warning: peer {target.name!r} may not send commitment reports to us: add "
+            f"commitment_report to accept in {target.path} (only reports on the N-ACTION's own "
+            "association can arrive)",
+            err=True,
+        )
+
+
+def finish_push_and_commit(
+    repo: Any, push_id: int, *, as_json: bool, extra: dict[str, Any]
+) -> None:
+    """``push --commit --wait``: follow the push, then its commit job; exit 0 only if every
+    instance was delivered and committed."""
+    from ctnode.follow import describe, follow
+    from ctnode.queue.jobs import JobState
+
+    pushed = follow(repo, push_id)
+    commit_id = (pushed.result or {}).get("commit_job")
+    committed = follow(repo, int(commit_id)) if commit_id is not None else None
+    if as_json:
+        emit_json(
+            {**pushed.to_json(), **extra, "commit": committed.to_json() if committed else None}
+        )
+    else:
+        typer.echo(describe(pushed))
+        if committed is not None:
+            typer.echo(describe(committed))
+    if committed is None or committed.state is not JobState.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+def print_commitment(section: dict[str, Any]) -> None:
+    """The per-instance commitment states of ``jobs show`` (text)."""
+    instances = section["instances"]
+    counts: dict[str, int] = {}
+    for item in instances:
+        counts[item["state"]] = counts.get(item["state"], 0) + 1
+    typer.echo(
+        f"{'commitment:':<14}"
+        + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("committed", "failed", "pending"))
+        + f" ({len(section['transactions'])} transaction(s))"
+    )
+    for tx in section["transactions"]:
+        typer.echo(f"  transaction {tx['transaction_uid']}  {tx['state']}")
+    for item in instances[:50]:
+        reason = " ".join(x for x in (item["status"], item["error"]) if x and x != "0x0000")
+        typer.echo(f"  {item['sop_instance_uid']}  {item['state']}  {reason}".rstrip())
+    if len(instances) > 50:
+        typer.echo(f"  ... and {len(instances) - 50} more (use --json)")
+
+
+@app.command()
+def commit(
+    ctx: typer.Context,
+    peer: Annotated[str, typer.Argument(help="Peer name (file stem in peers_dir).")],
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Files or directories (recursive).")
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="A study from the local store.")
+    ] = None,
+    series: Annotated[
+        str | None, typer.Option("--series", help="A series from the local store.")
+    ] = None,
+    job: Annotated[
+        int | None,
+        typer.Option("--job", help="Exactly the instances this push job delivered."),
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the job; exit 0 only if all are committed.")
+    ] = False,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="Submit at most once per key.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue a storage commitment request to PEER (N-ACTION, then wait for the report);
+    prints the job id."""
+    from ctnode.peers import load_peers
+    from ctnode.queue.jobs import JobKind
+    from ctnode.scu.commit import commit_policy, items_from_push_job, items_from_store
+    from ctnode.scu.push import collect_files
+
+    settings = settings_of(ctx)
+    target = load_peers(settings.peers_dir).get(peer)
+    check_commit_peer(target)
+    if sum(1 for given in (bool(paths), bool(study or series), job is not None) if given) != 1:
+        fail("give one of PATH..., --study/--series, or --job PUSH_JOB_ID", 2)
+    repo = open_repo(settings)
+    node_name: str | None = settings.node.name
+    if paths:
+        items, skips = collect_files(paths)
+        for skip in skips:
+            typer.echo(f"ctnode: skipped {skip.path}: {skip.reason}", err=True)
+        source: dict[str, Any] = {"source": "files", "paths": [str(p) for p in paths][:100]}
+    elif job is not None:
+        push_job, items = items_from_push_job(repo, job, peer)
+        node_name = push_job.node_name
+        source = {"source": "push", "push_job": job}
+    else:
+        with repo.sessions() as session:
+            items = items_from_store(
+                session, settings.storage.store_dir, study=study, series=series
+            )
+        source = {"source": "store", "study": study, "series": series}
+        if settings.storage.shared:
+            node_name = None
+    if not items:
+        fail(
+            "nothing to commit: "
+            + (
+                "no DICOM files found"
+                if paths
+                else f"job {job} delivered no instance"
+                if job is not None
+                else "no such study/series in the local store (see `ctnode studies`)"
+            ),
+            2,
+        )
+    created_job, created = repo.submit(
+        JobKind.COMMIT,
+        peer,
+        source,
+        items,
+        policy=commit_policy(settings, target),
+        priority=priority,
+        node_name=node_name,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        typer.echo(
+            f"ctnode: job {created_job.id} already exists for this idempotency key", err=True
+        )
+    finish_job_command(repo, created_job.id, wait=wait, as_json=as_json)
 
 
 @jobs_app.command("list")
@@ -585,6 +757,8 @@ def jobs_show(
         typer.echo(
             f"{'progress:':<14}" + ", ".join(f"{k} {v}" for k, v in report["progress"].items())
         )
+    if "commitment" in report:
+        print_commitment(report["commitment"])
     failed = report["failed_items"]
     if failed:
         typer.echo("failed items:")
@@ -654,8 +828,11 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             ready = json.loads(exc.read() or b"{}")
         except (OSError, ValueError) as exc:
             ready = {"ready": False, "error": str(exc)}
+    from ctnode.queue.commitment import CommitmentRepository
+
     summary = repo.summary()
     failed = repo.failed_since(24)
+    commitments = CommitmentRepository(repo).counts()
     up = bool(alive) and (ready is None or bool(ready.get("ready")))
     report = {
         "up": up,
@@ -663,6 +840,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         "ready": ready,
         "queue": summary.by_state,
         "oldest_queued_age_seconds": summary.oldest_queued_age,
+        "commitments": commitments,
         "failed_last_24h": [
             {
                 "id": j.id,
@@ -691,6 +869,12 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         typer.echo(f"queue: {queue}")
         if summary.oldest_queued_age is not None:
             typer.echo(f"oldest queued job: {summary.oldest_queued_age:.0f} s")
+        typer.echo(
+            "storage commitment: "
+            + ", ".join(
+                f"{count} {state.replace('_', ' ')}" for state, count in commitments.items()
+            )
+        )
         typer.echo(f"failed in the last 24 h: {len(failed)}")
         for job in failed:
             typer.echo(f"  job {job.id} {job.kind.value} to {job.peer}: {job.last_error}")

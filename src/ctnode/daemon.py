@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from ctnode.commitment import Reconciler, Retention
 from ctnode.config import Settings
 from ctnode.db import migrate
 from ctnode.db.engine import create_db_engine, is_sqlite, session_factory
@@ -32,11 +33,13 @@ from ctnode.metrics import (
     readiness,
 )
 from ctnode.peers import PeerRegistry, load_peers
+from ctnode.queue.commitment import CommitmentRepository
 from ctnode.queue.jobs import JobKind
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.worker import Operation, WorkerPool
 from ctnode.scp.handlers import ScpApplication
 from ctnode.scp.server import ScpServer
+from ctnode.scu.commit import CommitOperation, commit_after_push
 from ctnode.scu.push import PushOperation
 from ctnode.sdnotify import Notifier
 from ctnode.storage import Store
@@ -126,11 +129,22 @@ def build_runtime(settings: Settings) -> Runtime:
         log.info("storage.spool_recovered", files=recovered)
     peers = PeerHolder(registry)
     metrics = Metrics()
-    app = ScpApplication(settings.node, store, peers, observer=metrics)
-    server = ScpServer(settings.node, app, peers, tls_context=tls_context)
     repo = JobRepository(engine, lease_seconds=settings.queue.lease_seconds)
+    # -- storage commitment: reports reconciled on :4006, commit jobs, retention --
+    commits = CommitmentRepository(repo)
+    retention = Retention(settings.storage, store)
+    reconciler = Reconciler(commits, retention)
+    _warn_commitment_peers(settings, registry)
+    app = ScpApplication(
+        settings.node, store, peers, report_handler=reconciler.handle_inbound, observer=metrics
+    )
+    server = ScpServer(settings.node, app, peers, tls_context=tls_context)
+    push = PushOperation(
+        settings.node, observer=metrics, after_success=commit_after_push(settings, repo)
+    )
     operations: dict[JobKind, Operation] = {
-        JobKind.PUSH: PushOperation(settings.node, observer=metrics),
+        JobKind.PUSH: push,
+        JobKind.COMMIT: CommitOperation(settings.node, commits, reconciler, retention, push),
     }
     workers = WorkerPool(
         repo,
@@ -140,8 +154,28 @@ def build_runtime(settings: Settings) -> Runtime:
         node_name=settings.node.name,
         on_attempt=metrics.attempt_finished,
     )
-    metrics.add_collector(StateCollector(repo.summary, store.free_bytes))
-    return Runtime(settings, engine, sessions, peers, store, app, server, repo, workers, metrics)
+    metrics.add_collector(StateCollector(repo.summary, store.free_bytes, commits.counts))
+    runtime = Runtime(settings, engine, sessions, peers, store, app, server, repo, workers, metrics)
+    runtime.extras["reconciler"] = reconciler
+    return runtime
+
+
+def _warn_commitment_peers(settings: Settings, registry: PeerRegistry) -> None:
+    """``storage.commitment_peers`` should name configured peers (retention counts only them)."""
+    for name in settings.storage.commitment_peers:
+        if name not in registry.peers:
+            log.warning(
+                "config.commitment_peer_unknown",
+                peer=name,
+                detail="storage.commitment_peers names no peer file; its commitments never "
+                "remove local instances",
+            )
+    if settings.storage.delete_after_commit and not settings.storage.commitment_peers:
+        log.warning(
+            "config.retention_without_peers",
+            detail="storage.delete_after_commit is true but storage.commitment_peers is empty: "
+            "nothing will be removed",
+        )
 
 
 def readiness_checks(runtime: Runtime) -> list[ReadyCheck]:
@@ -222,6 +256,15 @@ async def supervise(
         health.start()
         log.info("metrics.listening", bind=settings.metrics.bind, port=health.port)
     stop_workers = asyncio.Event()
+    reconciler = runtime.extras.get("reconciler")
+    if isinstance(reconciler, Reconciler):
+        # A commitment report (SCP thread) makes its job runnable: tell idle workers at once.
+        loop = asyncio.get_running_loop()
+
+        def notify() -> None:
+            loop.call_soon_threadsafe(runtime.workers.wake)
+
+        reconciler.notify = notify
     workers = asyncio.create_task(runtime.workers.run(stop_workers), name="workers")
     supervisor.ready()
     supervision = asyncio.create_task(supervisor.run(stop), name="supervisor")

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from ctnode.queue.jobs import Job, JobState
+from ctnode.queue.jobs import Job, JobKind, JobState
 from ctnode.queue.repository import JobRepository
 
 #: How long a job may stay queued with no live node before the user is told.
@@ -19,7 +19,8 @@ def describe(job: Job) -> str:
     items = job.items
     text = f"job {job.id} ({job.kind.value} to {job.peer}) {job.state.value}"
     if items.total:
-        text += f": {items.delivered}/{items.total} delivered"
+        done = "committed" if job.kind is JobKind.COMMIT else "delivered"
+        text += f": {items.delivered}/{items.total} {done}"
         if items.warning:
             text += f" ({items.warning} with warnings)"
         text += f", {items.failed} failed"

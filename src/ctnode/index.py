@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ctnode.db.models import Instance
+from ctnode.db.models import Instance, InstanceCommitment
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +95,28 @@ def list_instances(
     return list(session.scalars(query))
 
 
-def instance_json(row: Instance) -> dict[str, Any]:
-    """JSON form of an index row (no patient name)."""
+def commitments_of(session: Session, sop_instance_uids: list[str]) -> dict[str, list[Any]]:
+    """Which peers committed each instance: ``{uid: [{peer, transaction_uid, committed_at}]}``."""
+    out: dict[str, list[Any]] = {}
+    for start in range(0, len(sop_instance_uids), 500):
+        chunk = sop_instance_uids[start : start + 500]
+        for row in session.scalars(
+            select(InstanceCommitment)
+            .where(InstanceCommitment.sop_instance_uid.in_(chunk))
+            .order_by(InstanceCommitment.peer)
+        ):
+            out.setdefault(row.sop_instance_uid, []).append(
+                {
+                    "peer": row.peer,
+                    "transaction_uid": row.transaction_uid,
+                    "committed_at": row.committed_at.isoformat(),
+                }
+            )
+    return out
+
+
+def instance_json(row: Instance, committed_by: list[Any] | None = None) -> dict[str, Any]:
+    """JSON form of an index row (no patient name), with the peers that committed it."""
     return {
         "sop_instance_uid": row.sop_instance_uid,
         "sop_class_uid": row.sop_class_uid,
@@ -113,4 +133,5 @@ def instance_json(row: Instance) -> dict[str, Any]:
         "path": row.path,
         "node": row.node_name,
         "deleted_at": row.deleted_at.isoformat() if row.deleted_at else None,
+        "committed_by": committed_by or [],
     }

@@ -84,6 +84,9 @@ class PeerConfig(BaseModel):
     transfer_syntaxes: tuple[str, ...] = ()
     #: How long to wait for a storage commitment report before asking again.
     commit_timeout: Seconds = 3600
+    #: After the N-ACTION, keep its association open this long for a report sent on it (some
+    #: PACS answer there); 0 releases it at once. Reports on a new association always work.
+    commit_linger: Annotated[float, Field(ge=0, le=300)] = 1.0
     tls: PeerTls = PeerTls()
     query: QueryQuirks = QueryQuirks()
 

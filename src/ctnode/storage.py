@@ -34,7 +34,7 @@ from typing import Any
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -585,3 +585,39 @@ class Store:
             reason = str(getattr(exc, "orig", exc)).splitlines()[0]
             return _refused(status.OUT_OF_RESOURCES, f"index database unavailable: {reason}")
         raise exc
+
+    # -- retention (storage commitment) --------------------------------------------------
+
+    def remove(self, sop_instance_uid: str, reason: str) -> bool:
+        """Remove a stored instance: unlink its file, fsync the directory, set ``deleted_at``.
+
+        Returns False when there is nothing to remove here: not indexed, already removed, or
+        its file is on another node's disk (``storage.shared`` false). The file goes first: a
+        crash in between leaves an index row whose file is missing, which the next removal
+        (or a new copy received) resolves; never a file the index has forgotten.
+        """
+        lock = self._uid_locks[zlib.crc32(sop_instance_uid.encode()) % 64]
+        with lock:
+            with self.sessions() as session:
+                row = session.scalar(
+                    select(Instance).where(
+                        Instance.sop_instance_uid == sop_instance_uid,
+                        Instance.deleted_at.is_(None),
+                    )
+                )
+            if row is None or (row.node_name != self.node_name and not self.settings.shared):
+                return False
+            target = contained_path(self.root, row.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            with contextlib.suppress(FileNotFoundError):
+                _fsync_dir(target.parent)
+            with self.sessions() as session:
+                session.execute(
+                    update(Instance)
+                    .where(Instance.id == row.id, Instance.deleted_at.is_(None))
+                    .values(deleted_at=utcnow())
+                )
+                session.commit()
+        log.info("storage.removed", sop_instance_uid=sop_instance_uid, path=row.path, reason=reason)
+        return True

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ctnode.dicom.status import hex_status
-from ctnode.queue.jobs import ItemState
+from ctnode.queue.commitment import CommitmentRepository
+from ctnode.queue.jobs import ItemState, JobKind
 from ctnode.queue.repository import JobRepository
 
 
@@ -21,8 +22,20 @@ def job_report(repo: JobRepository, job_id: int) -> dict[str, Any]:
         }
         for i in repo.items(job_id, [ItemState.FAILED])
     ]
-    return {
+    report = {
         **job.to_json(),
         "failed_items": failed,
         "events": [e.to_json() for e in repo.events(job_id)],
+    }
+    if job.kind is JobKind.COMMIT:
+        report["commitment"] = commitment_report(repo, job_id)
+    return report
+
+
+def commitment_report(repo: JobRepository, job_id: int) -> dict[str, Any]:
+    """A commit job's transactions and the commitment state of each instance."""
+    commits = CommitmentRepository(repo)
+    return {
+        "transactions": [t.to_json() for t in commits.transactions(job_id)],
+        "instances": [i.to_json() for i in commits.instance_states(job_id)],
     }

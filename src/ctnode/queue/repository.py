@@ -8,6 +8,12 @@ PostgreSQL the sub-select takes ``FOR UPDATE SKIP LOCKED``, on SQLite the transa
 ``BEGIN IMMEDIATE`` (one writer at a time). Lease times come from the database clock on
 PostgreSQL (``now()``), so nodes with skewed or stepped clocks agree; SQLite lives on one host
 and uses that host's clock.
+
+Waiting (storage commitment): ``wait_until`` parks a job in ``waiting`` with no lease until a
+deadline; claiming it again *resumes* the same attempt (``attempts`` is not incremented).
+``wake`` makes a waiting job runnable at once (a commitment report arrived); a wake that comes
+while the attempt is still running is not lost: ``wait_until`` keeps the job runnable. The
+commitment tables are written by ``queue.commitment`` (the commitment section of this repository).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, case, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -26,7 +32,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from ctnode.db.engine import session_factory
 from ctnode.db.models import Job as JobRow
 from ctnode.db.models import JobEvent, JobItem, Node
-from ctnode.db.types import utcnow
+from ctnode.db.types import UTCDateTime, utcnow
 from ctnode.errors import NotFound, UsageError
 from ctnode.queue.jobs import (
     EventRow,
@@ -231,7 +237,9 @@ class JobRepository:
                     state=JobState.RUNNING.value,
                     lease_owner=owner,
                     lease_expires_at=now + self.lease,
-                    attempts=JobRow.attempts + 1,
+                    # A waiting job resumes its attempt; anything else starts a new one.
+                    attempts=JobRow.attempts
+                    + case((JobRow.state == JobState.WAITING.value, 0), else_=1),
                     started_at=func.coalesce(JobRow.started_at, now),
                     updated_at=now,
                 )
@@ -417,13 +425,24 @@ class JobRepository:
         *,
         message: str,
         progress: dict[str, Any] | None = None,
+        claimed_not_before: datetime | None = None,
     ) -> bool:
-        """Park a job in ``waiting`` (no worker held) until *seconds* from now. Fenced."""
+        """Park a job in ``waiting`` (no worker held) until *seconds* from now. Fenced.
+
+        *claimed_not_before* is the job's ``not_before`` when it was claimed: if ``wake`` moved
+        it since (the awaited event already happened), the job stays runnable instead.
+        """
         with self.sessions() as session:
             now = self._now(session)
+            deadline: Any = now + timedelta(seconds=seconds)
+            if claimed_not_before is not None:
+                deadline = case(
+                    (JobRow.not_before > claimed_not_before, JobRow.not_before),
+                    else_=literal(deadline, UTCDateTime()),
+                )
             values: dict[str, Any] = {
                 "state": JobState.WAITING.value,
-                "not_before": now + timedelta(seconds=seconds),
+                "not_before": deadline,
                 "lease_owner": None,
                 "lease_expires_at": None,
             }
@@ -435,6 +454,34 @@ class JobRepository:
             self._event(session, job_id, now, "waiting", node=owner, message=message)
             session.commit()
             return True
+
+    def wake_in(self, session: Session, job_id: int, now: datetime, message: str) -> bool:
+        """Make a waiting (or queued) job runnable now, inside the caller's transaction.
+
+        On a running job this only moves ``not_before``, which ``wait_until`` then honours.
+        """
+        result = session.execute(
+            update(JobRow)
+            .where(
+                JobRow.id == job_id,
+                JobRow.state.in_(
+                    [JobState.WAITING.value, JobState.QUEUED.value, JobState.RUNNING.value]
+                ),
+            )
+            .values(not_before=now, updated_at=now)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        self._event(session, job_id, now, "woken", message=message)
+        return True
+
+    def wake(self, job_id: int, message: str) -> bool:
+        """Make a waiting job runnable now (see ``wake_in``); False if it is not waiting,
+        queued or running."""
+        with self.sessions() as session:
+            woken = self.wake_in(session, job_id, self._now(session), message)
+            session.commit()
+            return woken
 
     def release(self, job_id: int, owner: str, reason: str) -> bool:
         """Give an unfinished attempt back (shutdown): queued again, attempt not counted."""

@@ -377,6 +377,7 @@ class WorkerPool:
                 result.wait_seconds,
                 message=result.message or "waiting",
                 progress=result.result,
+                claimed_not_before=job.not_before,
             ):
                 jlog.info("job.waiting", seconds=result.wait_seconds)
             return

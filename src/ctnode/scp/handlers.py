@@ -21,9 +21,9 @@ C-STORE — statuses:
   or over-deep data set
 * 0x0122 SOP class not supported: the command's SOP class is not the presentation context's
 
-N-EVENT-REPORT (storage commitment report) — delegated to the commitment reconciler: 0x0000 once
-processed, 0x0110 for an unknown transaction or a report from a peer we did not ask (and 0x0110
-for every report while no reconciler is wired).
+N-EVENT-REPORT (storage commitment report) — delegated to the commitment reconciler
+(``commitment.Reconciler``): 0x0000 once processed, 0x0110 for an unknown transaction, a report
+from a peer we did not ask or an undecodable one, 0x0113 for an Event Type ID other than 1 or 2.
 
 Any other request — 0x0211 (unrecognised operation).
 """

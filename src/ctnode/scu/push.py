@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -173,6 +173,16 @@ def convert(path: str, target: str) -> bytes:
 # ------------------------------------------------------------------ the operation
 
 
+class OutcomeSink(Protocol):
+    """Where sending reports item outcomes (``_Batch`` records them; a commit job's re-push
+    collects them)."""
+
+    lost: bool
+
+    def add(self, outcome: ItemOutcome) -> None:
+        """One item's outcome."""
+
+
 class _Batch:
     """Buffers item outcomes and commits them at most every BATCH_ITEMS/BATCH_SECONDS."""
 
@@ -209,11 +219,29 @@ class SendObserver(AssociationObserver, Protocol):
 
 
 class PushOperation:
-    """Runs ``push`` jobs."""
+    """Runs ``push`` jobs.
 
-    def __init__(self, node: NodeSettings, observer: SendObserver | None = None) -> None:
+    *after_success* is called once a job whose payload asks for it (``push --commit``) has
+    delivered everything; it returns the id of the follow-up job (storage commitment).
+    """
+
+    def __init__(
+        self,
+        node: NodeSettings,
+        observer: SendObserver | None = None,
+        after_success: Callable[[Attempt], int | None] | None = None,
+    ) -> None:
         self.node = node
         self.observer = observer
+        self.after_success = after_success
+
+    def send(
+        self, attempt: Attempt, items: list[ItemRow], sink: OutcomeSink
+    ) -> AttemptResult | None:
+        """Send *items* to the attempt's peer, reporting each outcome to *sink*; an
+        AttemptResult for an association-level failure, else None (the one sending path, also
+        used by a commit job to push failed instances again)."""
+        return self._send_all(attempt, items, sink)
 
     def run(self, attempt: Attempt) -> AttemptResult:
         """Send every pending item; one association per attempt."""
@@ -254,16 +282,20 @@ class PushOperation:
                 error=f"{counts.failed} of {counts.total} instance(s) failed; first: {first.error}",
                 result=summary,
             )
-        return AttemptResult(
-            Outcome.DONE, result=summary, message=f"{counts.delivered} instance(s) delivered"
-        )
+        message = f"{counts.delivered} instance(s) delivered"
+        if self.after_success is not None and job.payload.get("commit"):
+            follow_up = self.after_success(attempt)
+            if follow_up is not None:
+                summary = {**summary, "commit_job": follow_up}
+                message += f"; storage commitment job {follow_up} submitted"
+        return AttemptResult(Outcome.DONE, result=summary, message=message)
 
     @staticmethod
     def _summary(attempt: Attempt) -> dict[str, int]:
         return attempt.repo.get(attempt.job.id).items.to_json()
 
     def _send_all(
-        self, attempt: Attempt, items: list[ItemRow], batch: _Batch
+        self, attempt: Attempt, items: list[ItemRow], batch: OutcomeSink
     ) -> AttemptResult | None:
         """Returns an AttemptResult for an association-level failure, else None."""
         # Unreadable files fail at once; the rest are grouped into <= 128 contexts.
@@ -308,7 +340,7 @@ class PushOperation:
             yield group
 
     def _send_group(
-        self, attempt: Attempt, group: list[tuple[ItemRow, int, int]], batch: _Batch
+        self, attempt: Attempt, group: list[tuple[ItemRow, int, int]], batch: OutcomeSink
     ) -> AttemptResult | None:
         peer = attempt.peer
         contexts = plan_contexts([g[0] for g in group], peer.config.transfer_syntaxes)
@@ -338,7 +370,7 @@ class PushOperation:
         item: ItemRow,
         offset: int,
         size: int,
-        batch: _Batch,
+        batch: OutcomeSink,
     ) -> AttemptResult | None:
         ctx = choose_context(assoc, item)
         if ctx is None:

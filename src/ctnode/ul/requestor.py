@@ -476,16 +476,46 @@ class Requestor:
                         f"{message.command.get('MessageIDBeingRespondedTo')}, expected {message_id}"
                     )
                 return message
-            reply = self.on_request(message) if self.on_request else None
-            if reply is None:
-                reply = {
-                    "AffectedSOPClassUID": message.command.get("AffectedSOPClassUID"),
-                    "CommandField": field_value | 0x8000,
-                    "MessageIDBeingRespondedTo": message.command.get("MessageID", 0),
-                    "Status": 0x0211,
-                    "AffectedSOPInstanceUID": message.command.get("AffectedSOPInstanceUID"),
-                }
-            self.send(message.context_id, reply)
+            self._answer(message, field_value)
+
+    def _answer(self, message: Message, field_value: int) -> None:
+        """Answer a request the peer sent us (``on_request``; 0x0211 without a handler)."""
+        reply = self.on_request(message) if self.on_request else None
+        if reply is None:
+            reply = {
+                "AffectedSOPClassUID": message.command.get("AffectedSOPClassUID"),
+                "CommandField": field_value | 0x8000,
+                "MessageIDBeingRespondedTo": message.command.get("MessageID", 0),
+                "Status": 0x0211,
+                "AffectedSOPInstanceUID": message.command.get("AffectedSOPInstanceUID"),
+            }
+        self.send(message.context_id, reply)
+
+    def serve_peer_requests(self, idle: float, until: Callable[[], bool] = lambda: False) -> int:
+        """Answer requests the peer sends on this association (e.g. a storage commitment
+        N-EVENT-REPORT after the N-ACTION) until it is silent for *idle* seconds or *until()*
+        holds. Returns how many were answered; a response the peer sends here is a protocol
+        error (AssociationAborted), as is the peer closing the connection."""
+        assert self.reader is not None
+        served = 0
+        while self.sock is not None and not until():
+            try:
+                if not self.reader.wait_readable(idle):
+                    return served
+            except (PeerClosed, OSError) as exc:
+                self._close()
+                raise AssociationAborted(f"{self.peer_label} closed the connection: {exc}") from exc
+            message = self.receive()
+            field_value = message.command.get("CommandField", 0)
+            assert isinstance(field_value, int)
+            if field_value & 0x8000:
+                self.abort()
+                raise AssociationAborted(
+                    f"{self.peer_label} sent a response (0x{field_value:04X}) to no request"
+                )
+            self._answer(message, field_value)
+            served += 1
+        return served
 
     def request(
         self,

@@ -85,6 +85,15 @@ class PduReader:
                 raise PeerClosed("peer closed the connection")
             self._end += n
 
+    def wait_readable(self, timeout: float) -> bool:
+        """True once a PDU has started to arrive (buffered), False after *timeout* seconds of
+        silence. Nothing is consumed; PeerClosed if the peer closed the connection."""
+        try:
+            self._fill(1, time.monotonic() + timeout)
+        except ReadTimeout:
+            return False
+        return True
+
     def read_pdu(self, first_timeout: float | None = None) -> tuple[int, memoryview]:
         """The next PDU as (type, body). The body view is valid until the next call.
 

@@ -1,0 +1,165 @@
+"""Storage commitment: reconciling reports, and retention after a valid commitment.
+
+``Reconciler.handle_inbound`` is the SCP's N-EVENT-REPORT handler (a report on a new association
+opened by the PACS, which proposed the SCP role); ``Reconciler.process`` also serves a report
+sent on the N-ACTION's own association (``scu.commit``). Either way the report is decoded, matched
+by Transaction UID *and* sender, and applied in one database transaction
+(``queue.commitment.CommitmentRepository.apply_report``); the waiting commit job is then runnable
+and a worker concludes it. Statuses of the N-EVENT-REPORT-RSP:
+
+* 0x0000 processed: applied, a late report for an expired transaction (its commitments are
+  recorded), or a repeat of a report already applied (nothing changes)
+* 0x0110 processing failure: unknown Transaction UID, a report from anyone but the peer that was
+  asked (calling AE title and configured host), an undecodable data set, or the database failed;
+  nothing changes
+* 0x0113 no such event type: Event Type ID other than 1 or 2; nothing changes
+
+Retention (``storage.delete_after_commit``, off by default): a local instance is removed from the
+store only once a peer listed in ``storage.commitment_peers`` has committed it, never on C-STORE
+success alone; removal goes through ``Store.remove`` (file unlinked, directory fsynced, index row
+marked ``deleted_at``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ctnode.config import StorageSettings
+from ctnode.dicom import status as st
+from ctnode.dicom.commitment import EVENT_TYPES, ReportError, Sender, parse_report
+from ctnode.logs import get_logger
+from ctnode.queue.commitment import CommitmentRepository, ReportOutcome, ReportResult
+from ctnode.storage import Store
+from ctnode.ul.acceptor import AssociationInfo
+from ctnode.ul.dimse import Command
+
+log = get_logger("ctnode.commitment")
+
+NO_SUCH_EVENT_TYPE = 0x0113
+
+
+class Retention:
+    """Removes local instances once a commitment peer has committed them (when enabled)."""
+
+    def __init__(self, settings: StorageSettings, store: Store | None) -> None:
+        self.settings = settings
+        self.store = store
+
+    def applies_to(self, peer: str) -> bool:
+        """True if a commitment by *peer* lets local copies go."""
+        return (
+            self.settings.delete_after_commit
+            and self.store is not None
+            and peer in self.settings.commitment_peers
+        )
+
+    def apply(self, peer: str, sop_instance_uids: Iterable[str]) -> int:
+        """Remove the local copies of instances *peer* committed; returns how many went."""
+        if not self.applies_to(peer):
+            return 0
+        assert self.store is not None
+        removed = 0
+        for uid in dict.fromkeys(sop_instance_uids):
+            try:
+                if self.store.remove(uid, reason=f"committed by peer {peer!r}"):
+                    removed += 1
+            except (OSError, SQLAlchemyError) as exc:
+                log.warning(
+                    "storage.remove_failed", sop_instance_uid=uid, peer=peer, error=str(exc)
+                )
+        if removed:
+            log.info("commitment.retention", peer=peer, removed=removed)
+        return removed
+
+
+class Reconciler:
+    """Applies storage commitment reports (see the module docstring for the statuses)."""
+
+    def __init__(
+        self,
+        commits: CommitmentRepository,
+        retention: Retention,
+        notify: Callable[[], None] | None = None,
+    ) -> None:
+        self.commits = commits
+        self.retention = retention
+        #: Called after a report made a job runnable (wakes the in-process workers).
+        self.notify = notify
+
+    def handle_inbound(self, info: AssociationInfo, cmd: Command, dataset: bytes, ts: str) -> int:
+        """The SCP's report handler: a report on an association the peer opened (*ts* is the
+        presentation context's transfer syntax)."""
+        sender = Sender(getattr(info.peer, "name", None), info.calling_ae, info.address)
+        result = self.process(cmd.get("EventTypeID"), dataset, ts, sender, association=info.id)
+        return result.status
+
+    def process(
+        self,
+        event_type: object,
+        dataset: bytes,
+        transfer_syntax: str,
+        sender: Sender,
+        *,
+        association: str | None = None,
+    ) -> ReportResult:
+        """Decode, match and apply one report; logs one line saying what happened."""
+        fields = {
+            "calling_ae": sender.ae_title,
+            "peer_address": sender.address,
+            "sender_peer": sender.peer,
+            "association": association,
+            "event_type": event_type,
+        }
+        try:
+            report = parse_report(dataset, transfer_syntax, event_type)
+        except ReportError as exc:
+            code = NO_SUCH_EVENT_TYPE if event_type not in EVENT_TYPES else st.PROCESSING_FAILURE
+            log.warning(
+                "commitment.report",
+                **fields,
+                outcome="refused",
+                status=st.hex_status(code),
+                reason=str(exc),
+            )
+            return ReportResult(ReportOutcome.REFUSED, code, str(exc))
+        try:
+            result = self.commits.apply_report(report, sender)
+        except SQLAlchemyError as exc:
+            reason = f"database error: {str(exc).splitlines()[0]}"
+            log.warning(
+                "commitment.report",
+                **fields,
+                transaction_uid=report.transaction_uid,
+                outcome="error",
+                status=st.hex_status(st.PROCESSING_FAILURE),
+                reason=reason,
+            )
+            return ReportResult(ReportOutcome.REFUSED, st.PROCESSING_FAILURE, reason)
+        tx = result.transaction
+        line = {
+            **fields,
+            "transaction_uid": report.transaction_uid,
+            "outcome": result.outcome.value,
+            "status": st.hex_status(result.status),
+            "job": tx.job_id if tx else None,
+            "peer": tx.peer if tx else None,
+            "committed": len(result.committed),
+            "failed": result.failed,
+            "ignored": len(result.ignored),
+        }
+        if result.ignored:
+            line["ignored_uids"] = list(result.ignored[:10])
+        if result.reason:
+            line["reason"] = result.reason
+        if result.outcome is ReportOutcome.REFUSED:
+            log.warning("commitment.report", **line)
+        else:
+            log.info("commitment.report", **line)
+        if tx is not None and result.committed and not result.woken:
+            # No worker will conclude this job (it is not waiting): apply retention here.
+            self.retention.apply(tx.peer, result.committed)
+        if result.woken and self.notify is not None:
+            self.notify()
+        return result
