@@ -199,3 +199,26 @@ def test_self_echo_is_allowed_from_loopback(node: Runtime) -> None:
     assert echo_ok(node.server.port, calling="CTNODE")
     assoc = try_associate(node.server.port, [(CT_IMAGE, [EXPLICIT_VR_LE])], calling="CTNODE")
     assert rejection(assoc) == (1, 1, 3)
+
+
+def test_peer_local_ae_title_is_also_ours(tmp_path: Path, db_url: str, engine: Engine) -> None:
+    """A peer we call as `local_ae_title` calls back with that called AE title (move results,
+    commitment reports): accepted; any other called AE title is still 1/1/7."""
+    write_peers(
+        tmp_path,
+        {
+            "pacs": {
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": 104,
+                "accept": ["echo", "store"],
+                "local_ae_title": "CTALT",
+            }
+        },
+    )
+    with running_node(make_settings(tmp_path, db_url)) as node:
+        assert echo_ok(node.server.port, calling="PACS", called="CTALT")
+        assoc = try_associate(
+            node.server.port, [(VERIFICATION, [IMPLICIT_VR_LE])], calling="PACS", called="ELSE"
+        )
+        assert rejection(assoc) == (1, 1, 7)

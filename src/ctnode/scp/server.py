@@ -274,6 +274,11 @@ class ScpServer:
                 return
             limits = AcceptorLimits(
                 our_ae_title=self.node.ae_title,
+                # a PACS calls us back (move results, commitment reports) by the AE title we
+                # called it with
+                also_ae_titles=frozenset(
+                    p.config.local_ae_title for p in self.peers() if p.config.local_ae_title
+                ),
                 max_pdu_length=self.node.max_pdu_length,
                 acse_timeout=self.node.timeouts.acse,
                 network_timeout=self.node.timeouts.network,

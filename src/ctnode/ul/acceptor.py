@@ -153,6 +153,8 @@ class AcceptorLimits:
     acse_timeout: float
     network_timeout: float
     dimse_timeout: float
+    #: Further AE titles we answer to (peers' ``local_ae_title``).
+    also_ae_titles: frozenset[str] = frozenset()
 
 
 class AbortAssociation(Exception):
@@ -317,7 +319,9 @@ class _Acceptor:
                 P.RJ_APPLICATION_CONTEXT_NOT_SUPPORTED,
                 f"application context {rq.application_context!r} not supported",
             )
-        if rq.called_ae != self.limits.our_ae_title:
+        if rq.called_ae != self.limits.our_ae_title and rq.called_ae not in (
+            self.limits.also_ae_titles
+        ):
             return Reject(
                 P.RJ_PERMANENT,
                 P.RJ_SOURCE_USER,
