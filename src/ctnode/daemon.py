@@ -22,13 +22,16 @@ from ctnode.db import migrate
 from ctnode.db.engine import create_db_engine, is_sqlite, session_factory
 from ctnode.errors import ConfigError, DatabaseError, SchemaNotAtHead
 from ctnode.logs import get_logger
+from ctnode.moves import MoveRegistry
 from ctnode.peers import PeerRegistry, load_peers
 from ctnode.queue.jobs import JobKind
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.worker import Operation, WorkerPool
 from ctnode.scp.handlers import ScpApplication
 from ctnode.scp.server import ScpServer
+from ctnode.scu.move import MoveOperation
 from ctnode.scu.push import PushOperation
+from ctnode.scu.query import QueryOperation
 from ctnode.storage import Store
 
 log = get_logger("ctnode.daemon")
@@ -110,10 +113,16 @@ def build_runtime(settings: Settings) -> Runtime:
     if recovered:
         log.info("storage.spool_recovered", files=recovered)
     peers = PeerHolder(registry)
-    app = ScpApplication(settings.node, store, peers)
+    moves = MoveRegistry()  # C-MOVE arrivals: SCP -> move jobs of this process
+    app = ScpApplication(settings.node, store, peers, on_stored=moves.note)
     server = ScpServer(settings.node, app, peers)
     repo = JobRepository(engine, lease_seconds=settings.queue.lease_seconds)
     operations: dict[JobKind, Operation] = {JobKind.PUSH: PushOperation(settings.node)}
+    # query/retrieve
+    operations[JobKind.QUERY] = QueryOperation(settings.node)
+    operations[JobKind.MOVE] = MoveOperation(
+        settings.node, moves, shared_storage=settings.storage.shared
+    )
     workers = WorkerPool(repo, settings.queue, peers, operations, node_name=settings.node.name)
     return Runtime(settings, engine, sessions, peers, store, app, server, repo, workers)
 
