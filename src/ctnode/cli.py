@@ -882,6 +882,161 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
+# ---------------------------------------------------------------- query / retrieve (C-FIND, C-MOVE)
+
+KeysOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-k",
+        "--key",
+        help="Keyword=value or gggg,eeee=value (a matching key), or Keyword alone (a return "
+        "key), as in DCMTK findscu. Repeatable.",
+    ),
+]
+
+
+@app.command()
+def query(
+    ctx: typer.Context,
+    peer: Annotated[str, typer.Argument(help="Peer name (file stem in peers_dir).")],
+    keys: KeysOpt = None,
+    level: Annotated[
+        str | None, typer.Option("--level", help="STUDY (default), SERIES or IMAGE.")
+    ] = None,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", min=1, max=100000, help="At most this many matches (then C-CANCEL)."
+        ),
+    ] = 1000,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait", help="Wait for the matches (default) or print the job id."
+        ),
+    ] = True,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the matches as an array of DICOM JSON objects.")
+    ] = False,
+) -> None:
+    """Find studies, series or instances on PEER (Study Root C-FIND), run as a job."""
+    from ctnode.follow import follow
+    from ctnode.peers import load_peers
+    from ctnode.queue.jobs import JobKind, JobState
+    from ctnode.queue.retry import RetryPolicy
+    from ctnode.scu.query import build_keys, query_payload, table
+
+    settings = settings_of(ctx)
+    target = load_peers(settings.peers_dir).get(peer)
+    if "find" not in target.config.services:
+        fail(f"peer {peer!r} does not allow find (services in {target.path})", 2)
+    final_level, query_keys = build_keys(level, keys or [])
+    repo = open_repo(settings)
+    policy = RetryPolicy.from_settings(target.config.retry or settings.queue.retry)
+    job, _ = repo.submit(
+        JobKind.QUERY,
+        peer,
+        query_payload(final_level, query_keys, limit),
+        policy=policy,
+        priority=priority,
+    )
+    if not wait:
+        if as_json:
+            emit_json(job.to_json())
+        else:
+            typer.echo(job.id)
+        return
+    job = follow(repo, job.id)
+    if job.state is not JobState.SUCCEEDED:
+        fail(f"job {job.id} {job.state.value}: {job.last_error or 'no result'}")
+    result = job.result or {}
+    matches = result.get("matches") or []
+    if as_json:
+        emit_json(matches)
+    else:
+        headers, rows = table(final_level, query_keys, matches)
+        print_table(headers, rows)
+    if result.get("truncated"):
+        typer.echo(
+            f"ctnode: showing the first {len(matches)} matches (--limit {limit}); {peer} has more",
+            err=True,
+        )
+
+
+@app.command()
+def move(
+    ctx: typer.Context,
+    peer: Annotated[str, typer.Argument(help="Peer name (file stem in peers_dir).")],
+    keys: KeysOpt = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study Instance UID.")] = None,
+    series: Annotated[str | None, typer.Option("--series", help="Series Instance UID.")] = None,
+    dest: Annotated[
+        str | None,
+        typer.Option("--dest", help="Move destination AE title (default: this node)."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the job; exit 0 only if it succeeded.")
+    ] = False,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="Submit at most once per key.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retrieve a study or series from PEER (Study Root C-MOVE) to this node or to --dest."""
+    from ctnode.dicom.contexts import Service
+    from ctnode.follow import describe, follow
+    from ctnode.peers import load_peers
+    from ctnode.queue.jobs import JobKind, JobState
+    from ctnode.queue.retry import RetryPolicy
+    from ctnode.scu.move import request_from_cli
+
+    request = request_from_cli(keys or [], study, series, dest)
+    settings = settings_of(ctx)
+    target = load_peers(settings.peers_dir).get(peer)
+    if "move" not in target.config.services:
+        fail(f"peer {peer!r} does not allow move (services in {target.path})", 2)
+    to_self = request.destination in (None, settings.node.ae_title)
+    if (
+        to_self
+        and not settings.node.accept_unknown_callers
+        and Service.STORE not in target.config.accept
+    ):
+        fail(
+            f"peer {peer!r} may not store to this node, so it cannot deliver a move here: "
+            f"add store to accept in {target.path}",
+            2,
+        )
+    repo = open_repo(settings)
+    policy = RetryPolicy.from_settings(target.config.retry or settings.queue.retry)
+    job, created = repo.submit(
+        JobKind.MOVE,
+        peer,
+        request.to_payload(),
+        policy=policy,
+        priority=priority,
+        # Arrivals are tracked by the process that runs the move: keep it on this node.
+        node_name=settings.node.name if to_self else None,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        typer.echo(f"ctnode: job {job.id} already exists for this idempotency key", err=True)
+    if wait:
+        job = follow(repo, job.id)
+        mismatch = (job.result or {}).get("arrival_mismatch")
+        if isinstance(mismatch, dict) and mismatch.get("message"):
+            typer.echo(f"ctnode: warning: {mismatch['message']}", err=True)
+    if as_json:
+        emit_json(job.to_json())
+    elif wait:
+        typer.echo(describe(job))
+    else:
+        typer.echo(job.id)
+    if wait and job.state is not JobState.SUCCEEDED:
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------- entry point
 
 

@@ -32,6 +32,7 @@ from ctnode.metrics import (
     data_dir_check,
     readiness,
 )
+from ctnode.moves import MoveRegistry
 from ctnode.peers import PeerRegistry, load_peers
 from ctnode.queue.commitment import CommitmentRepository
 from ctnode.queue.jobs import JobKind
@@ -40,7 +41,9 @@ from ctnode.queue.worker import Operation, WorkerPool
 from ctnode.scp.handlers import ScpApplication
 from ctnode.scp.server import ScpServer
 from ctnode.scu.commit import CommitOperation, commit_after_push
+from ctnode.scu.move import MoveOperation
 from ctnode.scu.push import PushOperation
+from ctnode.scu.query import QueryOperation
 from ctnode.sdnotify import Notifier
 from ctnode.storage import Store
 from ctnode.supervisor import QueueFigures, Supervisor
@@ -135,8 +138,14 @@ def build_runtime(settings: Settings) -> Runtime:
     retention = Retention(settings.storage, store)
     reconciler = Reconciler(commits, retention)
     _warn_commitment_peers(settings, registry)
+    moves = MoveRegistry()  # C-MOVE arrivals: SCP -> move jobs of this process
     app = ScpApplication(
-        settings.node, store, peers, report_handler=reconciler.handle_inbound, observer=metrics
+        settings.node,
+        store,
+        peers,
+        report_handler=reconciler.handle_inbound,
+        observer=metrics,
+        on_stored=moves.note,
     )
     server = ScpServer(settings.node, app, peers, tls_context=tls_context)
     push = PushOperation(
@@ -145,6 +154,8 @@ def build_runtime(settings: Settings) -> Runtime:
     operations: dict[JobKind, Operation] = {
         JobKind.PUSH: push,
         JobKind.COMMIT: CommitOperation(settings.node, commits, reconciler, retention, push),
+        JobKind.QUERY: QueryOperation(settings.node),
+        JobKind.MOVE: MoveOperation(settings.node, moves, shared_storage=settings.storage.shared),
     }
     workers = WorkerPool(
         repo,

@@ -17,19 +17,22 @@ NO_NODE_WARNING_AFTER = 5.0
 def describe(job: Job) -> str:
     """One line: ``job 12 (push to pacs) running: 120/600 delivered, 0 failed``."""
     items = job.items
-    text = f"job {job.id} ({job.kind.value} to {job.peer}) {job.state.value}"
-    if items.total:
+    direction = "from" if job.kind is JobKind.MOVE else "to"
+    text = f"job {job.id} ({job.kind.value} {direction} {job.peer}) {job.state.value}"
+    progress = job.progress or {}
+    if "completed" in progress:  # C-MOVE sub-operations
+        text += (
+            f": {progress.get('completed', 0)} completed, {progress.get('failed', 0)} failed, "
+            f"{progress.get('warning', 0)} warning, {progress.get('remaining', '?')} remaining"
+        )
+        if "arrived" in progress:
+            text += f", {progress['arrived']} arrived"
+    elif items.total:
         done = "committed" if job.kind is JobKind.COMMIT else "delivered"
         text += f": {items.delivered}/{items.total} {done}"
         if items.warning:
             text += f" ({items.warning} with warnings)"
         text += f", {items.failed} failed"
-    progress = job.progress or {}
-    if "completed" in progress:
-        text += (
-            f": {progress.get('completed', 0)} completed, {progress.get('failed', 0)} failed, "
-            f"{progress.get('warning', 0)} warning, {progress.get('remaining', '?')} remaining"
-        )
     if job.state is JobState.QUEUED and job.attempts:
         text += f" (attempt {job.attempts} failed: {job.last_error}; retrying)"
     if job.state is JobState.FAILED and job.last_error:
@@ -90,9 +93,9 @@ def follow(
 
 
 def _totals(job: Job) -> tuple[int, int]:
-    if job.items.total:
-        return job.items.total, job.items.delivered + job.items.failed
     progress = job.progress or {}
+    if job.items.total and "remaining" not in progress:
+        return job.items.total, job.items.delivered + job.items.failed
     done = sum(int(progress.get(k, 0) or 0) for k in ("completed", "failed", "warning"))
     remaining = int(progress.get("remaining", 0) or 0)
     return done + remaining, done

@@ -135,3 +135,19 @@ def instance_json(row: Instance, committed_by: list[Any] | None = None) -> dict[
         "deleted_at": row.deleted_at.isoformat() if row.deleted_at else None,
         "committed_by": committed_by or [],
     }
+
+
+def present_instances(
+    session: Session, sop_instance_uids: list[str], *, node_name: str | None = None
+) -> set[str]:
+    """Which of *sop_instance_uids* are stored (not deleted), on *node_name* if given."""
+    found: set[str] = set()
+    for start in range(0, len(sop_instance_uids), 500):
+        query = select(Instance.sop_instance_uid).where(
+            Instance.sop_instance_uid.in_(sop_instance_uids[start : start + 500]),
+            Instance.deleted_at.is_(None),
+        )
+        if node_name is not None:
+            query = query.where(Instance.node_name == node_name)
+        found.update(session.scalars(query))
+    return found

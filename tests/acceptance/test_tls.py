@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ctnode.dicom.contexts import CT_IMAGE
-from tests.adversarial import rawclient as raw
+from tests.helpers import rawclient as raw
 from tests.helpers.certs import Pki, make_pki
 from tests.helpers.dicomgen import make_dataset, write
 from tests.helpers.procs import CtnodeProcess, free_port, run_tool, started, storescp

@@ -12,7 +12,6 @@ import pytest
 from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE, VERIFICATION
 from ctnode.ul import dimse
 from ctnode.ul import pdu as P
-from tests.adversarial import rawclient as raw
 from tests.adversarial.harness import (
     ACSE_TIMEOUT,
     MAX_PDU,
@@ -21,6 +20,7 @@ from tests.adversarial.harness import (
     HostileNode,
     proc_status,
 )
+from tests.helpers import rawclient as raw
 from tests.helpers.dicomgen import encode_dataset, make_dataset
 
 #: Slack on top of a timeout for the node to notice and close (2 busy cores).

@@ -27,7 +27,6 @@ from ctnode.dicom.contexts import (
 )
 from ctnode.ul import dimse
 from ctnode.ul import pdu as P
-from tests.adversarial import rawclient as raw
 from tests.adversarial.harness import (
     DIMSE_TIMEOUT,
     MAX_INSTANCE_BYTES,
@@ -36,6 +35,7 @@ from tests.adversarial.harness import (
     HostileNode,
     poll,
 )
+from tests.helpers import rawclient as raw
 from tests.helpers.dicomgen import encode_dataset, make_dataset
 
 CT = [(CT_IMAGE, [EXPLICIT_VR_LE])]

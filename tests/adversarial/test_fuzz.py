@@ -34,8 +34,8 @@ from ctnode.dicom.contexts import (
 )
 from ctnode.ul import dimse
 from ctnode.ul import pdu as P
-from tests.adversarial import rawclient as raw
 from tests.adversarial.harness import HostileNode
+from tests.helpers import rawclient as raw
 from tests.helpers.dicomgen import Ids, encode_dataset, make_dataset
 
 DEFAULT_CASES = 200

@@ -10,8 +10,8 @@ import pytest
 from pydicom import dcmread
 
 from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE
-from tests.adversarial import rawclient as raw
 from tests.adversarial.harness import HostileNode
+from tests.helpers import rawclient as raw
 from tests.helpers.dicomgen import encode_dataset, make_dataset
 
 

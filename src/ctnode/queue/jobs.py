@@ -243,3 +243,14 @@ class EventRow:
             "status": hex_status(self.status),
             "message": self.message,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ItemUpsert:
+    """An item keyed by SOP Instance UID, created or updated (C-MOVE arrivals and failures)."""
+
+    sop_instance_uid: str
+    state: ItemState
+    sop_class_uid: str | None = None
+    status: int | None = None
+    error: str | None = None

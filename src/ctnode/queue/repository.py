@@ -40,6 +40,7 @@ from ctnode.queue.jobs import (
     ItemOutcome,
     ItemRow,
     ItemState,
+    ItemUpsert,
     Job,
     JobKind,
     JobState,
@@ -323,6 +324,83 @@ class JobRepository:
     def set_progress(self, job_id: int, owner: str, progress: dict[str, Any]) -> bool:
         """Store an operation's progress (e.g. C-MOVE sub-operation counts); fenced."""
         return self.record_items(job_id, owner, (), progress=progress)
+
+    # -- query/retrieve: items discovered while a job runs (C-MOVE arrivals) --------------
+
+    def record_arrivals(
+        self,
+        job_id: int,
+        owner: str,
+        items: Sequence[ItemUpsert],
+        *,
+        progress: dict[str, Any] | None = None,
+    ) -> bool:
+        """Create or update items by SOP Instance UID, with progress, in one fenced transaction.
+
+        A failure never overwrites an item that already arrived (succeeded or warning). Returns
+        False if the lease was lost.
+        """
+        with self.sessions() as session:
+            now = self._now(session)
+            values: dict[str, Any] = {"lease_expires_at": now + self.lease}
+            if progress is not None:
+                values["progress"] = progress
+            if not self._fenced(session, job_id, owner, now, **values):
+                session.rollback()
+                return False
+            latest = {item.sop_instance_uid: item for item in items}
+            uids = list(latest)
+            existing: dict[str, tuple[int, str]] = {}
+            for start in range(0, len(uids), _INSERT_CHUNK):
+                for item_id, uid, state in session.execute(
+                    select(JobItem.id, JobItem.sop_instance_uid, JobItem.state).where(
+                        JobItem.job_id == job_id,
+                        JobItem.sop_instance_uid.in_(uids[start : start + _INSERT_CHUNK]),
+                    )
+                ):
+                    if uid is not None:
+                        existing[uid] = (item_id, state)
+            delivered = (ItemState.SUCCEEDED.value, ItemState.WARNING.value)
+            updates: list[dict[str, Any]] = []
+            inserts: list[dict[str, Any]] = []
+            max_seq = session.scalar(select(func.max(JobItem.seq)).where(JobItem.job_id == job_id))
+            next_seq = 0 if max_seq is None else int(max_seq) + 1
+            for uid, item in latest.items():
+                row = {
+                    "state": item.state.value,
+                    "status": item.status,
+                    "error": item.error,
+                    "updated_at": now,
+                }
+                if uid in existing:
+                    item_id, state = existing[uid]
+                    if item.state is ItemState.FAILED and state in delivered:
+                        continue
+                    updates.append({"id": item_id, **row})
+                else:
+                    inserts.append(
+                        {
+                            "job_id": job_id,
+                            "seq": next_seq,
+                            "sop_class_uid": item.sop_class_uid,
+                            "sop_instance_uid": uid,
+                            "attempts": 1,
+                            **row,
+                        }
+                    )
+                    next_seq += 1
+            for start in range(0, len(updates), _INSERT_CHUNK):
+                chunk = updates[start : start + _INSERT_CHUNK]
+                session.execute(update(JobItem), chunk)
+                session.execute(
+                    update(JobItem)
+                    .where(JobItem.id.in_([u["id"] for u in chunk]))
+                    .values(attempts=JobItem.attempts + 1)
+                )
+            for start in range(0, len(inserts), _INSERT_CHUNK):
+                session.execute(insert(JobItem), inserts[start : start + _INSERT_CHUNK])
+            session.commit()
+            return True
 
     def set_payload(self, job_id: int, owner: str, payload: dict[str, Any]) -> bool:
         """Replace the payload (e.g. a commitment transaction, persisted before it is sent)."""

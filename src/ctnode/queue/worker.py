@@ -122,6 +122,20 @@ def _run_with_context(operation: Operation, attempt: Attempt) -> AttemptResult:
         structlog.contextvars.clear_contextvars()
 
 
+def _loggable(result: dict[str, Any] | None) -> dict[str, Any]:
+    """The scalar fields of a job result (counts, status): lists and objects stay out of
+    logs, so a query's matches (patient names and IDs) never reach them."""
+    return {
+        k: v
+        for k, v in (result or {}).items()
+        if (v is None or isinstance(v, (str, int, float, bool))) and k not in _LOG_RESERVED
+    }
+
+
+#: Keys of a log line that a result field must not overwrite.
+_LOG_RESERVED = frozenset({"event", "level", "logger", "timestamp"})
+
+
 def new_owner(node_name: str) -> str:
     """A lease owner id unique to this process: ``node:host:pid:random``."""
     return f"{node_name}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -368,7 +382,7 @@ class WorkerPool:
                 status=result.status,
                 message=result.message,
             ):
-                jlog.info("job.succeeded", **(result.result or {}))
+                jlog.info("job.succeeded", **_loggable(result.result))
             return
         if outcome is Outcome.WAIT:
             if repo.wait_until(

@@ -75,6 +75,13 @@ class Observer(Protocol):
         """A C-STORE was answered with *code*."""
 
 
+class StoredHook(Protocol):
+    """Told about every C-STORE answered with success (C-MOVE arrivals: ``moves.MoveRegistry``)."""
+
+    def __call__(self, info: AssociationInfo, cmd: dimse.Command, outcome: str) -> None:
+        """*outcome* is the store's: stored, duplicate, quarantined or overwritten."""
+
+
 class _NullObserver:
     def association_started(self, info: AssociationInfo) -> None:
         pass
@@ -186,12 +193,15 @@ class ScpApplication:
         peers: Callable[[], PeerRegistry],
         report_handler: ReportHandler | None = None,
         observer: Observer | None = None,
+        on_stored: StoredHook | None = None,
     ) -> None:
         self.node = node
         self.store = store
         self.peers = peers
         self.report_handler = report_handler
         self.observer: Observer = observer or _NullObserver()
+        #: Query/retrieve: C-MOVE arrivals are attributed to their move job.
+        self.on_stored = on_stored
 
     # -- association -------------------------------------------------------------------
 
@@ -326,6 +336,11 @@ class ScpApplication:
             info.count("store_failed")
             log.warning("scp.store.refused", **fields, reason=reason)
         self.observer.instance_received(info, size, code)
+        if code == status.SUCCESS and self.on_stored is not None:
+            try:
+                self.on_stored(info, cmd, outcome)
+            except Exception:  # bookkeeping must never change the answer to a C-STORE
+                log.exception("scp.store.hook_failed", **info.log_context())
 
     def _report(
         self, info: AssociationInfo, ctx: AcceptedContext, cmd: dimse.Command, data: bytes

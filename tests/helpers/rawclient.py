@@ -327,3 +327,20 @@ def close_all(socks: Iterable[socket.socket]) -> None:
     for sock in socks:
         with contextlib.suppress(OSError):
             sock.close()
+
+
+def rejection_of(
+    port: int,
+    contexts: Sequence[tuple[str, Sequence[str]]],
+    *,
+    calling: str,
+    called: str = "CTNODE",
+    source: str = "127.0.0.1",
+) -> tuple[int, int, int]:
+    """Propose an association and return the (result, source, reason) of its rejection."""
+    sock = connect(port, source=source)
+    try:
+        sock.sendall(associate_rq(contexts, calling=calling, called=called))
+        return expect_rj(sock)
+    finally:
+        sock.close()
