@@ -24,6 +24,7 @@ from bench.common import (
     CtnodeServer,
     Server,
     StorescpServer,
+    exit_cleanly_on_sigterm,
     latency_row,
     load_note,
     render,
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="smoke test: 30 iterations")
     args = parser.parse_args(argv)
+    exit_cleanly_on_sigterm()
     if args.quick:
         args.iterations, args.warmup = 30, 5
     start_note = load_note()

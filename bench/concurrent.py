@@ -8,13 +8,17 @@ Per repetition, in rotating order, each on a fresh process and data directory:
   one association at a time);
 * ctnode, 8 senders of 75 instances each (peak RSS on 8 concurrent associations).
 
-    python -m bench.concurrent [--reps 5] [--count 600] [--quick]
+    python -m bench.concurrent [--reps 5] [--count 600] [--quick] [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
 from bench.common import (
     CTNODE_AE,
@@ -24,9 +28,12 @@ from bench.common import (
     Series,
     StorescpServer,
     ct_series,
+    exit_cleanly_on_sigterm,
     load_note,
+    measure_quietly,
     run_dir,
     send_parallel,
+    source_tree,
     throughput_table,
 )
 
@@ -36,11 +43,14 @@ DCMTK_FOUR = "storescp --fork 4 assoc. (no fsync)"
 EIGHT = "ctnode 8 associations"
 
 
-def run_ctnode(series: Series, senders: int) -> Run:
-    """*senders* storescu at once into a fresh ctnode."""
-    with run_dir(f"ctnode{senders}") as work, CtnodeServer(work) as server:
+def run_ctnode(series: Series, senders: int, src: Path | None = None) -> Run:
+    """*senders* storescu at once into a fresh ctnode (this checkout's, or the one in *src*)."""
+    with run_dir(f"ctnode{senders}") as work, CtnodeServer(work, src=src) as server:
         server.start()
         run = send_parallel(server, CTNODE_AE, series.split(senders))
+        durations = server.store_durations_ms()
+        if durations:
+            run.extra["store_ms"] = statistics.median(durations)
         rows, files = server.stored()
         if rows != len(series.files) or files != len(series.files):
             raise RuntimeError(
@@ -66,24 +76,48 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--count", type=int, default=600)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument(
+        "--max-background",
+        type=float,
+        metavar="CPUS",
+        help="repeat a run (up to 6 times) while other processes kept more CPUs than this busy",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        action="append",
+        default=[],
+        help="also run ctnode as of git revision REV, 1 and 4 associations (repeatable)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 64 instances, 2 reps")
     args = parser.parse_args(argv)
+    exit_cleanly_on_sigterm()
     if args.quick:
         args.reps, args.count = 2, 64
     series = ct_series(args.count, args.size)
-    plan = {
-        SINGLE: lambda: run_ctnode(series, 1),
-        FOUR: lambda: run_ctnode(series, 4),
-        DCMTK_FOUR: lambda: run_storescp_fork(series, 4),
-        EIGHT: lambda: run_ctnode(series, 8),
+    plan: dict[str, Callable[[], Run]] = {
+        SINGLE: partial(run_ctnode, series, 1),
+        FOUR: partial(run_ctnode, series, 4),
+        DCMTK_FOUR: partial(run_storescp_fork, series, 4),
+        EIGHT: partial(run_ctnode, series, 8),
     }
+    extra_ratios: list[tuple[str, str, str, float | None]] = []
+    for rev in args.baseline:
+        src = source_tree(rev)
+        one, four = f"ctnode @{rev} 1 association", f"ctnode @{rev} 4 associations"
+        plan[one] = partial(run_ctnode, series, 1, src)
+        plan[four] = partial(run_ctnode, series, 4, src)
+        extra_ratios += [
+            (f"ratio ctnode @{rev} 4 assoc./1 assoc.", four, one, None),
+            (f"ratio ctnode/ctnode @{rev}, 4 assoc.", FOUR, four, None),
+        ]
     groups: dict[str, list[Run]] = {label: [] for label in plan}
     start_note = load_note()
     labels = list(plan)
     for rep in range(args.reps):
         shift = rep % len(labels)
         for label in labels[shift:] + labels[:shift]:
-            run = plan[label]()
+            run = measure_quietly(plan[label], args.max_background)
             groups[label].append(run)
             print(
                 f"  rep {rep + 1}/{args.reps} {label}: {run.images_per_s:.0f} images/s, "
@@ -107,6 +141,7 @@ def main(argv: list[str] | None = None) -> str:
                 DCMTK_FOUR,
                 None,
             ),
+            *extra_ratios,
         ],
         notes=[
             "target: ctnode peak RSS ≤ 150 MiB with 8 concurrent associations (row "

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import load_note, render, run_dir
+from bench.common import exit_cleanly_on_sigterm, load_note, render, run_dir
 
 OBJECT = os.urandom(525_000)
 SCHEMA = """
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    exit_cleanly_on_sigterm()
     if args.quick:
         args.count = 40
     rows = []

@@ -51,30 +51,36 @@ def _split(frame: str) -> tuple[str, str, int]:
     return match["func"], match["file"], int(match["line"])
 
 
-def _source(file: str, line: int) -> str:
+def _source(file: str, line: int, src: Path = SRC) -> str:
     if not file.startswith("ctnode/"):
         return ""
-    return linecache.getline(str(SRC / file), line).strip()
+    return linecache.getline(str(src / file), line).strip()
 
 
-def categorize(stack: Sequence[str]) -> str:
-    """The receive-path stage a sample belongs to."""
+def categorize(stack: Sequence[str], src: Path = SRC) -> str:
+    """The receive-path stage a sample belongs to (*src*: the ``src/`` it was recorded from)."""
     frames = [_split(f) for f in stack]
     funcs = [f for f, _, _ in frames]
     files = [f for _, f, _ in frames]
+    ctnode = [(fn, fi, ln) for fn, fi, ln in frames if fi.startswith("ctnode/")]
     if any(f.startswith("sqlalchemy/") or f.startswith("sqlite3") for f in files):
-        if any(f.endswith(".commit") or f == "Session.commit" for f in funcs):
-            return "index: INSERT + COMMIT (SQLite WAL fsync)"
-        if any(f == "Session.scalar" or f.endswith("._select_existing") for f in funcs):
-            return "index: duplicate check SELECT"
-        return "index: ORM / session other"
+        if any(f.endswith(".do_commit") for f in funcs):
+            return "index: COMMIT (SQLite WAL fsync)"
+        inner = ctnode[-1] if ctnode else ("", "", 0)
+        text = _source(inner[1], inner[2], src)
+        if inner[0].startswith("GroupCommit.") or any(
+            k in text for k in ("_INSERT_INSTANCE", ".add(", ".commit()")
+        ):
+            return "index: INSERT (statement, transaction)"
+        if any(k in text for k in ("_SELECT_EXISTING", "scalar(", "READ_ONLY")):
+            return "index: duplicate-check SELECT"
+        return "index: connection / session other"
     if any(f.startswith(("structlog/", "logging/")) for f in files) or "record_store" in funcs:
         return "logging (one JSON line per C-STORE)"
-    ctnode = [(fn, fi, ln) for fn, fi, ln in frames if fi.startswith("ctnode/")]
     if not ctnode:
         return "other (outside ctnode)"
     func, file, line = ctnode[-1]
-    text = _source(file, line)
+    text = _source(file, line, src)
     ctnode_funcs = {fn for fn, _, _ in ctnode}
     if "recv_into" in text or "sock.recv" in text:
         return "network: recv"
@@ -96,15 +102,22 @@ def categorize(stack: Sequence[str]) -> str:
         return "spool: create"
     if "unlink" in text or "os.close" in text or func in ("SpoolFile.discard", "SpoolFile.close"):
         return "spool: close/unlink"
-    if "Store._place" in ctnode_funcs or "Store._row_values" in ctnode_funcs:
-        return "index: ORM / session other"
+    if "contained_path" in ctnode_funcs:
+        return "path containment check (realpath)"
+    if func.startswith("_writeback_starter") or "start_writeback" in text:
+        return "writeback hint (sync_file_range)"
+    if ctnode_funcs & {"Store._row_values", "_decode_text", "utcnow"}:
+        return "index: row values"
     if "statvfs" in text or "has_room" in ctnode_funcs:
         return "free-space check"
     return "other ctnode Python (PDU/PDV parsing, dispatch)"
 
 
 def summarize(
-    stacks: Counter[tuple[str, ...]], rate: int = 250, instances: int | None = None
+    stacks: Counter[tuple[str, ...]],
+    rate: int = 250,
+    instances: int | None = None,
+    src: Path = SRC,
 ) -> str:
     """The stage split and the top self-time functions as two tables."""
     total = sum(stacks.values())
@@ -113,7 +126,7 @@ def summarize(
     stages: Counter[str] = Counter()
     selfs: Counter[str] = Counter()
     for stack, count in stacks.items():
-        stages[categorize(stack)] += count
+        stages[categorize(stack, src)] += count
         if stack:
             func, file, _ = _split(stack[-1])
             selfs[f"{func} ({file})"] += count
@@ -128,7 +141,7 @@ def summarize(
     return "\n".join(
         [
             f"profile: association threads, {total} samples at {rate} Hz "
-            f"({total / rate:.2f} s of wall clock, idle included)",
+            f"({total / rate:.2f} s; wall clock if recorded with --idle, else on-CPU)",
             render(("stage", "samples", "% wall", per), stage_rows),
             "",
             "top 20 functions by self time (innermost Python frame; blocking calls included)",
@@ -138,7 +151,10 @@ def summarize(
 
 
 def summarize_files(
-    paths: Sequence[Path], rate: int = 250, instances_per_file: int | None = None
+    paths: Sequence[Path],
+    rate: int = 250,
+    instances_per_file: int | None = None,
+    src: Path = SRC,
 ) -> str:
     """Summary of several profiles together."""
     stacks: Counter[tuple[str, ...]] = Counter()
@@ -146,7 +162,7 @@ def summarize_files(
         with path.open() as fh:
             stacks.update(parse(fh))
     instances = instances_per_file * len(paths) if instances_per_file else None
-    return summarize(stacks, rate, instances)
+    return summarize(stacks, rate, instances, src)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -155,8 +171,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--rate", type=int, default=250)
     parser.add_argument("--instances", type=int, help="instances received per profile file")
+    parser.add_argument("--src", type=Path, default=SRC, help="the src/ the profile was taken of")
     args = parser.parse_args(argv)
-    text = summarize_files(args.files, args.rate, args.instances)
+    text = summarize_files(args.files, args.rate, args.instances, args.src)
     print(text)
     return text
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from bench import assoc, concurrent, disk, push, receive
+from bench.common import exit_cleanly_on_sigterm
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="small counts, 2 repetitions")
     parser.add_argument("--reps", type=int, help="repetitions (default: each benchmark's own)")
     args = parser.parse_args(argv)
+    exit_cleanly_on_sigterm()
     common = ["--quick"] if args.quick else []
     reps = ["--reps", str(args.reps)] if args.reps else []
     tables = [
