@@ -1,7 +1,8 @@
 """What durability costs on this disk: the floor under a durable receive.
 
-Each step is timed one object after another (as one association does) in a fresh directory under
-``bench/out`` (same filesystem as the benchmarks), with 0.5 MB objects:
+Each step is timed one object after another (as one association does; the steps take turns, so
+that other users' load hits them alike) in a fresh directory under ``bench/out`` (the benchmarks'
+filesystem), with 0.5 MB objects:
 
 * ``write+fdatasync``: create a file, write 0.5 MB, fdatasync, close;
 * ``+link+rename+dir fsync``: the same, then hard-link it into a store directory under a temporary
@@ -9,7 +10,9 @@ Each step is timed one object after another (as one association does) in a fresh
 * ``SQLite commit``: one INSERT of an index row and COMMIT, WAL mode, synchronous=FULL;
 * ``full chain``: all of it, in ctnode's order;
 * ``full chain, N threads``: the same from N threads at once (concurrent associations): how much
-  the kernel's journal and the disk overlap independent syncs.
+  the kernel's journal and the disk overlap independent syncs;
+* ``hash then fdatasync``, with and without ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` first: what
+  starting the writeback before ~0.4 ms of CPU work (ctnode's walk and hash) saves.
 
     python -m bench.disk [--count 300] [--quick]
 """
@@ -17,13 +20,15 @@ Each step is timed one object after another (as one association does) in a fresh
 from __future__ import annotations
 
 import argparse
+import ctypes
+import hashlib
 import os
 import sqlite3
 import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.common import exit_cleanly_on_sigterm, load_note, render, run_dir
@@ -80,6 +85,12 @@ def _insert(conn: sqlite3.Connection, uid: str) -> None:
     conn.execute("COMMIT")
 
 
+def _sync_file_range() -> Callable[[int], object]:
+    func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return lambda fd: func(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE
+
+
 class Bench:
     """The steps, on one working directory."""
 
@@ -92,6 +103,7 @@ class Bench:
         _fsync_dir(self.store)
         self.conn = _db(work / "index.db")
         self.local = threading.local()
+        self.start_writeback = _sync_file_range()
 
     def conn_for_thread(self) -> sqlite3.Connection:
         conn = getattr(self.local, "conn", None)
@@ -128,6 +140,19 @@ class Bench:
     def commit(self) -> None:
         _insert(self.conn_for_thread(), uuid.uuid4().hex)
 
+    def hash_then_sync(self, hint: bool) -> None:
+        path = self.spool / uuid.uuid4().hex
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            os.write(fd, OBJECT)
+            if hint:
+                self.start_writeback(fd)
+            hashlib.sha256(OBJECT).hexdigest()
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        path.unlink()
+
     def full_chain(self) -> None:
         uid = uuid.uuid4().hex
         spool = self.place(uid)
@@ -135,13 +160,15 @@ class Bench:
         spool.unlink()
 
 
-def timed(step: Callable[[], None], count: int) -> list[float]:
-    """Per-call milliseconds of *count* calls one after another."""
-    out = []
+def timed(steps: Sequence[Callable[[], None]], count: int) -> list[list[float]]:
+    """Per-call milliseconds of *count* rounds in which every step runs once, in turn (so that
+    a change in other users' load hits all steps alike)."""
+    out: list[list[float]] = [[] for _ in steps]
     for _ in range(count):
-        started = time.perf_counter()
-        step()
-        out.append((time.perf_counter() - started) * 1000)
+        for i, step in enumerate(steps):
+            started = time.perf_counter()
+            step()
+            out[i].append((time.perf_counter() - started) * 1000)
     return out
 
 
@@ -182,10 +209,13 @@ def main(argv: list[str] | None = None) -> str:
             ("dir fsync, nothing changed", bench.dir_fsync_clean),
             ("SQLite INSERT + COMMIT (WAL, FULL)", bench.commit),
             ("full chain (ctnode's order)", bench.full_chain),
+            ("write, sha256, fdatasync", lambda: bench.hash_then_sync(False)),
+            ("write, writeback hint, sha256, fdatasync", lambda: bench.hash_then_sync(True)),
         ]
-        for label, step in steps:
-            timed(step, 5)  # warm-up
-            ms = timed(step, args.count)
+        timed([step for _, step in steps], 5)  # warm-up
+        for (label, _), ms in zip(
+            steps, timed([step for _, step in steps], args.count), strict=True
+        ):
             med = statistics.median(ms)
             rows.append(
                 [label, f"{med:.2f}", f"{min(ms):.2f}", f"{max(ms):.2f}", f"{1000 / med:.0f}"]
