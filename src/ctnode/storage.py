@@ -34,12 +34,12 @@ from typing import Any
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from sqlalchemy import select
+from sqlalchemy import Engine, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ctnode.config import OnDuplicate, StorageSettings
-from ctnode.db.engine import is_unavailable
+from ctnode.db.engine import READ_ONLY, is_unavailable
 from ctnode.db.models import Instance
 from ctnode.db.types import utcnow
 from ctnode.dicom import scan as tags
@@ -53,6 +53,20 @@ from ctnode.logs import get_logger
 log = get_logger("ctnode.storage")
 
 SPOOL_SUFFIX = ".part"
+
+# The receive path's two statements, in Core: built once, compiled once (the ORM's unit of work
+# cost more than the SQLite commit itself per object).
+_INSTANCES = Instance.__table__
+assert isinstance(_INSTANCES, Table)
+_SELECT_EXISTING = select(
+    _INSTANCES.c.id,
+    _INSTANCES.c.sha256,
+    _INSTANCES.c.path,
+    _INSTANCES.c.deleted_at,
+    _INSTANCES.c.study_instance_uid,
+    _INSTANCES.c.series_instance_uid,
+).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
+_INSERT_INSTANCE = insert(_INSTANCES)
 
 
 # ------------------------------------------------------------------ pure path rules
@@ -115,6 +129,18 @@ class IngestResult:
 
 def _refused(code: int, reason: str) -> IngestResult:
     return IngestResult(code, "refused", reason)
+
+
+@dataclass(frozen=True, slots=True)
+class _Existing:
+    """The index row already holding an incoming SOP Instance UID."""
+
+    id: int
+    sha256: str
+    path: str
+    deleted_at: datetime | None
+    study_instance_uid: str
+    series_instance_uid: str
 
 
 # ------------------------------------------------------------------ spool file
@@ -227,6 +253,7 @@ class Store:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.engine: Engine = sessions.kw["bind"]
         self.node_name = node_name
         self.root = settings.store_dir
         self.spool = settings.spool_dir
@@ -511,20 +538,28 @@ class Store:
         study = scan.text(tags.STUDY_INSTANCE_UID)
         series = scan.text(tags.SERIES_INSTANCE_UID)
         try:
-            with self.sessions() as session:
-                row = session.scalar(select(Instance).where(Instance.sop_instance_uid == uid))
+            # A read-only transaction: on SQLite it neither takes nor waits for the write lock.
+            with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+                row = conn.execute(_SELECT_EXISTING, {"uid": uid}).first()
         except SQLAlchemyError as exc:
             return self._db_failure(exc)
         if row is not None:
-            return self._duplicate(spool, scan, row, target, rel)
+            existing = _Existing(
+                row.id,
+                row.sha256,
+                row.path,
+                row.deleted_at,
+                row.study_instance_uid,
+                row.series_instance_uid,
+            )
+            return self._duplicate(spool, scan, existing, target, rel)
         try:
             self._link_into_store(spool, target)
         except OSError as exc:
             return self._os_failure(exc)
         try:
-            with self.sessions() as session:
-                session.add(Instance(**self._row_values(spool, scan, rel)))
-                session.commit()
+            with self.engine.begin() as conn:
+                conn.execute(_INSERT_INSTANCE, self._row_values(spool, scan, rel))
         except IntegrityError:
             # Another node stored the same instance between our check and our insert.
             self._unlink_from_store(target)
@@ -535,7 +570,7 @@ class Store:
         return IngestResult(status.SUCCESS, "stored", None, rel, study, series)
 
     def _duplicate(
-        self, spool: SpoolFile, scan: ScanResult, row: Instance, target: Path, rel: str
+        self, spool: SpoolFile, scan: ScanResult, row: _Existing, target: Path, rel: str
     ) -> IngestResult:
         study, series = row.study_instance_uid, row.series_instance_uid
         file_present = row.deleted_at is None and contained_path(self.root, row.path).exists()
