@@ -359,17 +359,23 @@ class Store:
         path = self.spool / f"{uuid.uuid4().hex}{SPOOL_SUFFIX}"
         return SpoolFile(path, request, int(self.settings.max_instance_bytes))
 
-    def ingest(self, spool: SpoolFile) -> IngestResult:
+    def ingest(self, spool: SpoolFile, *, keep_spool_link: bool = False) -> IngestResult:
         """Validate, make durable and index a fully received object (see the module docstring).
 
-        The spool file is always consumed: linked into the store, quarantined or removed.
+        The spool file is always consumed: linked into the store, quarantined or removed. With
+        *keep_spool_link* its name in ``spool/`` is left for the caller to ``discard()`` once it
+        has answered (the object's durability does not depend on it: ``recover_spool`` removes
+        such a link after a crash).
         """
         try:
             result = self._ingest(spool)
         except BaseException:
             spool.discard()
             raise
-        spool.discard()
+        if keep_spool_link:
+            spool.close()
+        else:
+            spool.discard()
         return result
 
     def _ingest(self, spool: SpoolFile) -> IngestResult:
