@@ -215,3 +215,26 @@ def test_recovery_of_spool_leftovers(tmp_path: Path, sessions: sessionmaker[Sess
     assert not target.exists()
     with sessions() as s:
         assert [r.sop_instance_uid for r in s.scalars(select(Instance))] == [ds1.SOPInstanceUID]
+
+
+@pytest.mark.parametrize("windowed", [False, True])
+def test_sha256_of_the_data_set(
+    tmp_path: Path, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, windowed: bool
+) -> None:
+    """The index row holds the SHA-256 of exactly the data set bytes, whether the spool file is
+    hashed in one call or window by window (as a large one is)."""
+    import hashlib
+
+    import ctnode.storage
+
+    if windowed:
+        monkeypatch.setattr(ctnode.storage, "_POPULATE_LIMIT", 0)
+        monkeypatch.setattr(ctnode.storage, "_HASH_WINDOW", 4096)
+    store = _store(tmp_path, sessions)
+    ds = make_dataset(CT_IMAGE, size=128)
+    data = encode_dataset(ds)
+    assert _ingest(store, data, CT_IMAGE, ds.SOPInstanceUID) == (0, "stored")
+    with sessions() as s:
+        row = s.scalars(select(Instance)).one()
+    assert row.sha256 == hashlib.sha256(data).hexdigest()
+    assert row.size_bytes == len(data)
