@@ -10,7 +10,7 @@ as they come). ``Store.ingest`` then:
 2. ``fdatasync``s the spool file (which now mostly waits for the journal commit);
 3. hard-links it to ``store/<Study>/<Series>/<SOPInstance>.dcm`` (via a temporary name and an
    atomic rename), and ``fsync``s the directory (and any directory it had to create);
-4. commits the index row;
+4. commits the index row (rows of concurrent associations share a transaction: ``GroupCommit``);
 
 and only then answers Success. The spool link is removed afterwards. A crash at any point leaves
 either nothing in ``store/`` or a spool file that ``recover_spool`` (run at start-up) resolves by
@@ -254,6 +254,75 @@ class SpoolFile:
             os.unlink(self.path)
 
 
+# ------------------------------------------------------------------ index rows
+
+
+@dataclass(slots=True)
+class _PendingRow:
+    values: dict[str, Any]
+    done: bool = False
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Inserts index rows; rows of concurrent callers share one transaction (one log flush).
+
+    A caller that finds no commit in progress commits its row at once (a lone association pays
+    nothing for this). Callers arriving while a commit is in progress queue their rows; when it
+    ends, one of them commits the whole queue in one transaction. Each caller returns only once
+    *its* row is committed, or raises what committing it raised: an IntegrityError fails only
+    the row that caused it (the batch is retried row by row); any other error fails the batch.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._queue: list[_PendingRow] = []
+        self._busy = False
+
+    def insert(self, values: dict[str, Any]) -> None:
+        """Insert one row and commit it (durably, as the engine commits)."""
+        mine = _PendingRow(values)
+        with self._cond:
+            self._queue.append(mine)
+            while self._busy and not mine.done:
+                self._cond.wait()
+            if not mine.done:
+                batch, self._queue = self._queue, []
+                self._busy = True
+        if not mine.done:
+            try:
+                self._commit(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+        if mine.error is not None:
+            raise mine.error
+
+    def _commit(self, batch: list[_PendingRow]) -> None:
+        try:
+            self._transaction(batch)
+        except IntegrityError as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                for row in batch:
+                    try:
+                        self._transaction([row])
+                    except Exception as row_exc:  # handed to that row's caller
+                        row.error = row_exc
+        except BaseException as exc:
+            for row in batch:
+                row.error = exc
+        for row in batch:
+            row.done = True
+
+    def _transaction(self, rows: list[_PendingRow]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_INSERT_INSTANCE, [row.values for row in rows])
+
+
 # ------------------------------------------------------------------ the store
 
 
@@ -302,6 +371,7 @@ class Store:
         self.settings = settings
         self.sessions = sessions
         self.engine: Engine = sessions.kw["bind"]
+        self.index = GroupCommit(self.engine)
         self.node_name = node_name
         self.root = settings.store_dir
         self.spool = settings.spool_dir
@@ -625,8 +695,7 @@ class Store:
         except OSError as exc:
             return self._os_failure(exc)
         try:
-            with self.engine.begin() as conn:
-                conn.execute(_INSERT_INSTANCE, self._row_values(spool, scan, rel))
+            self.index.insert(self._row_values(spool, scan, rel))
         except IntegrityError:
             # Another node stored the same instance between our check and our insert.
             self._unlink_from_store(target)
