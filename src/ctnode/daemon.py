@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from ctnode.metrics import (
 )
 from ctnode.moves import MoveRegistry
 from ctnode.peers import PeerRegistry, load_peers
+from ctnode.pools import prewarm
 from ctnode.queue.commitment import CommitmentRepository
 from ctnode.queue.jobs import JobKind
 from ctnode.queue.repository import JobRepository
@@ -245,6 +247,10 @@ async def supervise(
         reload=reload or asyncio.Event(),
         queue_figures=lambda: queue_figures(runtime.repo),
     )
+    # Fixed-size pools, started in full now: the thread count is constant once ready.
+    io_pool = ThreadPoolExecutor(settings.queue.workers + 4, thread_name_prefix="io")
+    asyncio.get_running_loop().set_default_executor(io_pool)
+    prewarm([io_pool, runtime.workers.executor, supervisor.database.executor])
     runtime.server.start()
     log.info(
         "daemon.ready",

@@ -189,6 +189,11 @@ class DatabaseProbe:
         self._started = 0.0
 
     @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The probe's own thread (pre-started with the node's other pools)."""
+        return self._executor
+
+    @property
     def busy(self) -> bool:
         """True while a probe (possibly one abandoned after its deadline) is still running."""
         return self._running is not None and not self._running.done()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,119 @@ def test_recovery_of_spool_leftovers(tmp_path: Path, sessions: sessionmaker[Sess
     assert not target.exists()
     with sessions() as s:
         assert [r.sop_instance_uid for r in s.scalars(select(Instance))] == [ds1.SOPInstanceUID]
+
+
+@pytest.mark.parametrize("windowed", [False, True])
+def test_sha256_of_the_data_set(
+    tmp_path: Path, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, windowed: bool
+) -> None:
+    """The index row holds the SHA-256 of exactly the data set bytes, whether the spool file is
+    hashed in one call or window by window (as a large one is)."""
+    import hashlib
+
+    import ctnode.storage
+
+    if windowed:
+        monkeypatch.setattr(ctnode.storage, "_POPULATE_LIMIT", 0)
+        monkeypatch.setattr(ctnode.storage, "_HASH_WINDOW", 4096)
+    store = _store(tmp_path, sessions)
+    ds = make_dataset(CT_IMAGE, size=128)
+    data = encode_dataset(ds)
+    assert _ingest(store, data, CT_IMAGE, ds.SOPInstanceUID) == (0, "stored")
+    with sessions() as s:
+        row = s.scalars(select(Instance)).one()
+    assert row.sha256 == hashlib.sha256(data).hexdigest()
+    assert row.size_bytes == len(data)
+
+
+def _row(uid: str) -> dict[str, object]:
+    from ctnode.db.types import utcnow
+
+    return {
+        "sop_instance_uid": uid,
+        "sop_class_uid": CT_IMAGE,
+        "study_instance_uid": "1.2.3",
+        "series_instance_uid": "1.2.3.4",
+        "transfer_syntax_uid": EXPLICIT_VR_LE,
+        "size_bytes": 1,
+        "sha256": "0" * 64,
+        "received_at": utcnow(),
+        "path": f"1.2.3/1.2.3.4/{uid}.dcm",
+        "node_name": "node-a",
+    }
+
+
+def test_group_commit_batches_concurrent_rows(sessions: sessionmaker[Session]) -> None:
+    """Rows queued while a commit runs are committed together in the next transaction; each
+    caller returns once its own row is committed; a duplicate fails only its own caller."""
+    from sqlalchemy.exc import IntegrityError
+
+    from ctnode.storage import GroupCommit
+
+    committer = GroupCommit(sessions.kw["bind"])
+    committer.insert(_row("1.9.0"))  # already there: its second insert must fail alone
+    batches: list[list[str]] = []
+    first_started, others_queued = threading.Event(), threading.Event()
+    real = committer._transaction
+
+    def transaction(rows: list) -> None:  # type: ignore[type-arg]
+        batches.append([r.values["sop_instance_uid"] for r in rows])
+        if len(batches) == 1:
+            first_started.set()
+            assert others_queued.wait(10)
+        real(rows)
+
+    committer._transaction = transaction  # type: ignore[method-assign]
+    errors: dict[str, BaseException | None] = {}
+
+    def insert(uid: str) -> None:
+        try:
+            committer.insert(_row(uid))
+            errors[uid] = None
+        except BaseException as exc:
+            errors[uid] = exc
+
+    leader = threading.Thread(target=insert, args=("1.9.1",))
+    leader.start()
+    assert first_started.wait(10)
+    followers = [threading.Thread(target=insert, args=(u,)) for u in ("1.9.2", "1.9.3", "1.9.0")]
+    for t in followers:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(committer._queue) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    others_queued.set()
+    for t in [leader, *followers]:
+        t.join(10)
+    assert batches[0] == ["1.9.1"]
+    assert sorted(batches[1]) == ["1.9.0", "1.9.2", "1.9.3"]  # one transaction for three rows
+    assert sorted(uid for b in batches[2:] for uid in b) == [
+        "1.9.0",
+        "1.9.2",
+        "1.9.3",
+    ]  # one by one
+    assert errors["1.9.1"] is None and errors["1.9.2"] is None and errors["1.9.3"] is None
+    assert isinstance(errors["1.9.0"], IntegrityError)
+    with sessions() as s:
+        uids = sorted(s.scalars(select(Instance.sop_instance_uid)))
+    assert uids == ["1.9.0", "1.9.1", "1.9.2", "1.9.3"]
+
+
+def test_group_commit_many_threads(sessions: sessionmaker[Session]) -> None:
+    """Sixteen threads inserting at once: every row is committed exactly once."""
+    from ctnode.storage import GroupCommit
+
+    committer = GroupCommit(sessions.kw["bind"])
+    uids = [f"1.8.{i}.{j}" for i in range(16) for j in range(10)]
+
+    def worker(i: int) -> None:
+        for j in range(10):
+            committer.insert(_row(f"1.8.{i}.{j}"))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    with sessions() as s:
+        assert sorted(s.scalars(select(Instance.sop_instance_uid))) == sorted(uids)

@@ -71,3 +71,20 @@ def test_scp_accept_loop_stuck_is_a_problem() -> None:
     """An accept loop that has not turned for longer than the allowed silence is stuck."""
     problem = scp_problem(FakeServer(last_loop=100.0), now=112.0, max_silence=5)
     assert problem == "SCP: the accept loop has been stuck for 12 s"
+
+
+def test_prewarm_starts_every_pool_thread() -> None:
+    """Pre-started pools have all their threads at once (a constant thread count)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ctnode.pools import prewarm
+
+    before = threading.active_count()
+    pools = [ThreadPoolExecutor(3), ThreadPoolExecutor(1)]
+    try:
+        prewarm(pools)
+        assert threading.active_count() == before + 4
+    finally:
+        for pool in pools:
+            pool.shutdown()

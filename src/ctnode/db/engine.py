@@ -2,7 +2,8 @@
 
 SQLite: WAL, ``synchronous=FULL`` (a commit survives power loss), a busy timeout, and every
 transaction opened with ``BEGIN IMMEDIATE`` so that writers queue on the database lock up front
-instead of failing on upgrade. PostgreSQL: psycopg 3, with connect, lock and statement timeouts.
+instead of failing on upgrade (connections with the ``READ_ONLY`` execution option, which never
+write, use a plain ``BEGIN``). PostgreSQL: psycopg 3, with connect, lock and statement timeouts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ctnode.errors import ConfigError
+
+#: Execution option for a connection that only reads: on SQLite its transactions start with a
+#: plain (deferred) BEGIN, which in WAL mode neither waits for nor blocks the writer.
+READ_ONLY = "ctnode_read_only"
 
 
 def create_db_engine(url: str, *, busy_timeout: float = 10.0, pool_size: int = 8) -> Engine:
@@ -69,7 +74,10 @@ def _sqlite_setup(engine: Engine, busy_timeout: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -93,8 +93,10 @@ class _NullObserver:
         pass
 
 
-def _reply(cmd: dimse.Command, code: int, **extra: Any) -> Reply:
-    return Reply(dimse.response_fields(cmd, cmd.field | 0x8000, code, **extra))
+def _reply(
+    cmd: dimse.Command, code: int, after: Callable[[], None] | None = None, **extra: Any
+) -> Reply:
+    return Reply(dimse.response_fields(cmd, cmd.field | 0x8000, code, **extra), after=after)
 
 
 class DiscardSink:
@@ -166,18 +168,24 @@ class StoreSink:
             reason = f"cannot write to the spool: {self.write_error.strerror}"
             outcome = "refused"
         else:
-            result = self.app.store.ingest(spool)
+            # The object is durable (or refused) when this returns; removing the spool link and
+            # logging wait until the response is on its way.
+            result = self.app.store.ingest(spool, keep_spool_link=True)
             code, reason, outcome = result.status, result.reason, result.outcome
-        self.app.record_store(
-            self.info,
-            self.cmd,
-            code=code,
-            outcome=outcome,
-            reason=reason,
-            size=spool.size,
-            started=self.started,
-        )
-        return _reply(self.cmd, code)
+
+        def after() -> None:
+            spool.discard()
+            self.app.record_store(
+                self.info,
+                self.cmd,
+                code=code,
+                outcome=outcome,
+                reason=reason,
+                size=spool.size,
+                started=self.started,
+            )
+
+        return _reply(self.cmd, code, after=after)
 
     def abort(self) -> None:
         self.spool.discard()

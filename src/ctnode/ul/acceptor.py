@@ -106,10 +106,15 @@ class Accept:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A response message: command fields and optional encoded data set."""
+    """A response message: command fields and optional encoded data set.
+
+    *after* runs once the response has been sent (or failed to be), before the next PDU is read:
+    bookkeeping (logging, removing a spool link) that need not delay the peer.
+    """
 
     fields: dict[str, Any]
     dataset: bytes | None = None
+    after: Callable[[], None] | None = None
 
 
 class DatasetSink(Protocol):
@@ -384,7 +389,7 @@ class _Acceptor:
                             sink, self.sink = self.sink, None
                             reply = sink.complete()
                             if reply is not None:
-                                self.send_message(context_id, reply.fields, reply.dataset)
+                                self._answer(context_id, reply)
                             current = None
             elif pdu_type == P.A_RELEASE_RQ:
                 if current is not None or command_buf:
@@ -419,8 +424,15 @@ class _Acceptor:
             return (ctx.context_id, cmd)
         reply = self.app.handle(self.info, ctx, cmd)
         if reply is not None:
-            self.send_message(ctx.context_id, reply.fields, reply.dataset)
+            self._answer(ctx.context_id, reply)
         return None
+
+    def _answer(self, context_id: int, reply: Reply) -> None:
+        try:
+            self.send_message(context_id, reply.fields, reply.dataset)
+        finally:
+            if reply.after is not None:
+                reply.after()
 
     def _drop_sink(self) -> None:
         if self.sink is not None:

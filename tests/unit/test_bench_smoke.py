@@ -1,0 +1,66 @@
+"""The benchmark harness imports and formats its tables (fake numbers; nothing is timed)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from bench import common, profile_summary
+from bench.common import Run
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["run_all", "receive", "concurrent", "assoc", "push", "disk", "profile_summary", "common"],
+)
+def test_bench_modules_import(module: str) -> None:
+    assert hasattr(
+        importlib.import_module(f"bench.{module}"), "main" if module != "common" else "Run"
+    )
+
+
+def test_throughput_table_formats_fake_runs() -> None:
+    a = [Run(600, 315_000_000, w, cpu_s=1.5, peak_rss_kib=120 * 1024) for w in (2.0, 2.5, 3.0)]
+    b = [Run(600, 315_000_000, w, cpu_s=0.5, peak_rss_kib=16 * 1024) for w in (1.0, 1.2, 1.5)]
+    for run in a + b:
+        run.extra["other_cpus"] = 0.25
+    table = common.throughput_table(
+        "fake", {"one": a, "two": b}, ratios=[("one/two", "one", "two", 1.0)], notes=["a note"]
+    )
+    assert "images/s" in table and "peak RSS MiB" in table
+    assert "one/two: min" in table and "target ≥ 1.00" in table
+    assert "note: a note" in table and "background:" in table
+    assert table.count("\n") >= 6
+
+
+def test_spread_ratio_and_percentiles() -> None:
+    assert common.spread([]) == "–"
+    assert common.spread([None, 5.0]) == "5.00"
+    assert common.spread([1.0, 2.0, 300.0]).startswith("2.00 [")
+    assert common.paired_ratios([Run(10, 1, 1.0)], [Run(10, 1, 2.0)]) == [2.0]
+    assert common.percentile(list(range(1, 101)), 90) in (90, 91)
+    row = common.latency_row("x", [1.0, 2.0, 3.0])
+    assert row[0] == "x" and row[1] == "3"
+    assert common.latency_row("empty", [])[2] == "–"
+
+
+def test_split_deals_all_files() -> None:
+    from pathlib import Path
+
+    series = common.Series(Path("."), tuple(Path(f"{i}.dcm") for i in range(10)), 0)
+    parts = series.split(4)
+    assert sum(len(p) for p in parts) == 10 and len(parts) == 4
+
+
+def test_profile_summary_on_fake_stacks() -> None:
+    lines = [
+        "thread (1): assoc-1;Thread.run (threading.py:1);SpoolFile.sync (ctnode/storage.py:1) 7",
+        "thread (1): assoc-1;Thread.run (threading.py:1);Session.commit (sqlalchemy/orm/s.py:1);"
+        "DefaultDialect.do_commit (sqlalchemy/engine/default.py:1) 3",
+        "thread (2): MainThread;EpollSelector.select (selectors.py:1) 100",
+    ]
+    stacks = profile_summary.parse(lines)
+    assert sum(stacks.values()) == 10  # the main thread is left out
+    text = profile_summary.summarize(stacks, rate=100, instances=10)
+    assert "fdatasync spool file" in text
+    assert "index: COMMIT" in text
