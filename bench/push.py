@@ -1,39 +1,184 @@
 """Push throughput: ``ctnode push --wait`` vs DCMTK storescu, both into DCMTK storescp.
 
-Not measurable yet: ``ctnode push`` does not exist. This placeholder keeps ``python -m bench``
-complete and says so in its output; the benchmark belongs here once the command lands (same
-shape as bench/receive.py: cached data, fresh storescp per run, alternate the two senders).
+Each repetition starts a fresh storescp; ctnode pushes through a running ``ctnode run`` (the
+CLI writes the job, the daemon executes it, ``--wait`` follows it to the end), DCMTK storescu
+sends the same files on one association. Wall time is the sending command's, from start to
+exit, so ctnode's includes its CLI start-up and the probing of the 600 files. Also reported:
+the job's own run time (claim to finish), and the CPU of the daemon (ctnode) or of storescu.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import resource
+import statistics
 import subprocess
 import sys
+import time
+from functools import partial
+
+from bench.common import (
+    DCMTK_AE,
+    DCMTK_ENV,
+    CtnodeServer,
+    Run,
+    Series,
+    StorescpServer,
+    ct_series,
+    exit_cleanly_on_sigterm,
+    load_note,
+    measure_quietly,
+    run_dir,
+    storescu_args,
+    system_busy_seconds,
+    throughput_table,
+)
+
+CTNODE_LABEL = "ctnode push --wait"
+DCMTK_LABEL = "DCMTK storescu"
 
 
-def push_available() -> bool:
-    """True once ``ctnode push`` is a command."""
-    result = subprocess.run(
-        [sys.executable, "-m", "ctnode", "push", "--help"], capture_output=True, check=False
-    )
-    return result.returncode == 0
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_storescu(series: Series) -> Run:
+    """One repetition: storescu -> fresh storescp."""
+    with run_dir("push-dcmtk") as work, StorescpServer(work / "scp") as scp:
+        (work / "scp").mkdir(exist_ok=True)
+        scp.start()
+        busy, cpu = system_busy_seconds(), _children_cpu()
+        started = time.perf_counter()
+        proc = subprocess.run(
+            storescu_args(scp.port, DCMTK_AE, series.files),
+            env=DCMTK_ENV,
+            capture_output=True,
+            check=False,
+            timeout=900,
+        )
+        wall = time.perf_counter() - started
+        sender = _children_cpu() - cpu
+        if proc.returncode != 0 or scp.stored() != len(series.files):
+            raise RuntimeError(f"storescu failed: {proc.stdout[-2000:]!r}")
+        run = Run(len(series.files), series.nbytes, wall, sender)
+        run.extra["other_cpus"] = max(0.0, system_busy_seconds() - busy - sender) / wall
+        return run
+
+
+def run_ctnode(series: Series) -> Run:
+    """One repetition: ``ctnode push scp DIR --wait`` through a running ctnode -> storescp."""
+    with run_dir("push-ctnode") as work:
+        (work / "scp").mkdir()
+        with StorescpServer(work / "scp") as scp:
+            scp.start()
+            peer = {
+                "ae_title": DCMTK_AE,
+                "host": "127.0.0.1",
+                "port": scp.port,
+                "services": ["store"],
+            }
+            with CtnodeServer(
+                work / "node", peers={"scp": peer}, config={"queue": {"poll_interval": 0.1}}
+            ) as node:
+                node.start()
+                busy, daemon_cpu, cli_cpu = (
+                    system_busy_seconds(),
+                    node.cpu_seconds(),
+                    _children_cpu(),
+                )
+                started = time.perf_counter()
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "ctnode",
+                        "--config",
+                        str(node.config_path),
+                        "push",
+                        "scp",
+                        str(series.directory),
+                        "--wait",
+                        "--json",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=900,
+                )
+                wall = time.perf_counter() - started
+                used = node.cpu_seconds() - daemon_cpu
+                cli = _children_cpu() - cli_cpu
+                if proc.returncode != 0:
+                    raise RuntimeError(f"ctnode push failed: {proc.stderr[-2000:]}")
+                job = json.loads(proc.stdout)
+            if scp.stored() != len(series.files):
+                raise RuntimeError(f"storescp holds {scp.stored()} of {len(series.files)}")
+    run = Run(len(series.files), series.nbytes, wall, used)
+    run.extra["cli_cpu_s"] = cli
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        from datetime import datetime
+
+        begin = datetime.fromisoformat(job["started_at"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00"))
+        run.extra["job_s"] = (end - begin).total_seconds()
+    run.extra["other_cpus"] = max(0.0, system_busy_seconds() - busy - used - cli) / wall
+    return run
 
 
 def main(argv: list[str] | None = None) -> str:
-    """Print (and return) why there is no table."""
+    """Run the benchmark; print and return the table."""
     parser = argparse.ArgumentParser(prog="python -m bench.push", description=__doc__)
-    parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reps", type=int, default=5)
-    parser.parse_args(argv)
-    title = "push: ctnode push --wait vs DCMTK storescu into DCMTK storescp"
-    if push_available():
-        why = "skipped: `ctnode push` exists now but this benchmark is not written yet"
-    else:
-        why = "skipped: `ctnode push` does not exist yet"
-    text = f"{title}\n{'=' * len(title)}\n{why}"
-    print(text, flush=True)
-    return text
+    parser.add_argument("--count", type=int, default=600)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--max-background", type=float, metavar="CPUS")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 60 instances, 2 reps")
+    args = parser.parse_args(argv)
+    exit_cleanly_on_sigterm()
+    if args.quick:
+        args.reps, args.count = 2, 60
+    series = ct_series(args.count, args.size)
+    groups: dict[str, list[Run]] = {CTNODE_LABEL: [], DCMTK_LABEL: []}
+    start_note = load_note()
+    for rep in range(args.reps):
+        order = [CTNODE_LABEL, DCMTK_LABEL] if rep % 2 == 0 else [DCMTK_LABEL, CTNODE_LABEL]
+        for label in order:
+            one = partial(run_ctnode if label == CTNODE_LABEL else run_storescu, series)
+            run = measure_quietly(one, args.max_background)
+            groups[label].append(run)
+            print(
+                f"  rep {rep + 1}/{args.reps} {label}: {run.images_per_s:.0f} images/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    job_s = [r.extra["job_s"] for r in groups[CTNODE_LABEL] if "job_s" in r.extra]
+    notes = [
+        "CPU s: the ctnode daemon's (the CLI process is extra, below) / storescu's own",
+        f"load at start: {start_note}; at end: {load_note()}",
+    ]
+    if job_s:
+        rate = len(series.files) / statistics.median(job_s)
+        notes.insert(
+            0,
+            f"ctnode job run time (claim to finish) median {statistics.median(job_s):.2f}"
+            f" s = {rate:.0f} images/s; CLI CPU median "
+            f"{statistics.median(r.extra['cli_cpu_s'] for r in groups[CTNODE_LABEL]):.2f} s",
+        )
+    title = (
+        f"push: {len(series.files)} CT instances "
+        f"({series.nbytes / len(series.files) / 1e6:.2f} MB each) into DCMTK storescp"
+    )
+    table = throughput_table(
+        title,
+        groups,
+        ratios=[("ratio ctnode/DCMTK images/s (paired reps)", CTNODE_LABEL, DCMTK_LABEL, 1.0)],
+        notes=notes,
+    )
+    print(table, flush=True)
+    return table
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ class QueueSettings(_Model):
     #: A claimed job's lease; renewed every third of it while the job runs.
     lease_seconds: Annotated[float, Field(ge=2)] = 60
     #: How often an idle worker looks for work (new jobs also wake it at once in-process).
-    poll_interval: Annotated[float, Field(gt=0)] = 1.0
+    poll_interval: Annotated[float, Field(gt=0)] = 0.5
     retry: RetrySettings = RetrySettings()
 
 

@@ -52,6 +52,8 @@ def follow(
     """Poll *job_id* until *until* holds; show progress; returns the last job seen."""
     out = out or sys.stderr
     started = time.monotonic()
+    # Poll often at first (short jobs end quickly), then every *interval*.
+    pause = min(interval, 0.05)
     warned = False
     if out.isatty():
         from rich.console import Console
@@ -78,7 +80,8 @@ def follow(
                 warned = _warn_no_node(repo, job, started, warned, out)
                 if until(job) or _timed_out(started, timeout):
                     return job
-                time.sleep(interval)
+                time.sleep(pause)
+                pause = min(interval, pause * 1.5)
     last = ""
     while True:
         job = repo.get(job_id)
@@ -89,7 +92,8 @@ def follow(
         warned = _warn_no_node(repo, job, started, warned, out)
         if until(job) or _timed_out(started, timeout):
             return job
-        time.sleep(interval)
+        time.sleep(pause)
+        pause = min(interval, pause * 1.5)
 
 
 def _totals(job: Job) -> tuple[int, int]:
