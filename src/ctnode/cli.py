@@ -41,6 +41,14 @@ app.add_typer(db_app, name="db")
 T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (a stable contract).")]
+PeerArg = Annotated[str, typer.Argument(help="Peer name (file stem in peers_dir).")]
+PathsArg = Annotated[list[Path] | None, typer.Argument(help="Files or directories (recursive).")]
+StudyOpt = Annotated[str | None, typer.Option("--study", help="A study from the local store.")]
+SeriesOpt = Annotated[str | None, typer.Option("--series", help="A series from the local store.")]
+PriorityOpt = Annotated[int, typer.Option(help="Higher runs first.")]
+IdempotencyOpt = Annotated[
+    str | None, typer.Option("--idempotency-key", help="Submit at most once per key.")
+]
 
 
 @dataclass
@@ -443,23 +451,15 @@ def finish_job_command(
 @app.command()
 def push(
     ctx: typer.Context,
-    peer: Annotated[str, typer.Argument(help="Peer name (file stem in peers_dir).")],
-    paths: Annotated[
-        list[Path] | None, typer.Argument(help="Files or directories (recursive).")
-    ] = None,
-    study: Annotated[
-        str | None, typer.Option("--study", help="A study from the local store.")
-    ] = None,
-    series: Annotated[
-        str | None, typer.Option("--series", help="A series from the local store.")
-    ] = None,
-    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    peer: PeerArg,
+    paths: PathsArg = None,
+    study: StudyOpt = None,
+    series: SeriesOpt = None,
+    priority: PriorityOpt = 0,
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the job; exit 0 only if all delivered.")
     ] = False,
-    idempotency_key: Annotated[
-        str | None, typer.Option("--idempotency-key", help="Submit at most once per key.")
-    ] = None,
+    idempotency_key: IdempotencyOpt = None,
     commit_after: Annotated[
         bool,
         typer.Option(
@@ -596,27 +596,19 @@ def print_commitment(section: dict[str, Any]) -> None:
 @app.command()
 def commit(
     ctx: typer.Context,
-    peer: Annotated[str, typer.Argument(help="Peer name (file stem in peers_dir).")],
-    paths: Annotated[
-        list[Path] | None, typer.Argument(help="Files or directories (recursive).")
-    ] = None,
-    study: Annotated[
-        str | None, typer.Option("--study", help="A study from the local store.")
-    ] = None,
-    series: Annotated[
-        str | None, typer.Option("--series", help="A series from the local store.")
-    ] = None,
+    peer: PeerArg,
+    paths: PathsArg = None,
+    study: StudyOpt = None,
+    series: SeriesOpt = None,
     job: Annotated[
         int | None,
         typer.Option("--job", help="Exactly the instances this push job delivered."),
     ] = None,
-    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    priority: PriorityOpt = 0,
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the job; exit 0 only if all are committed.")
     ] = False,
-    idempotency_key: Annotated[
-        str | None, typer.Option("--idempotency-key", help="Submit at most once per key.")
-    ] = None,
+    idempotency_key: IdempotencyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue a storage commitment request to PEER (N-ACTION, then wait for the report);
@@ -898,7 +890,7 @@ KeysOpt = Annotated[
 @app.command()
 def query(
     ctx: typer.Context,
-    peer: Annotated[str, typer.Argument(help="Peer name (file stem in peers_dir).")],
+    peer: PeerArg,
     keys: KeysOpt = None,
     level: Annotated[
         str | None, typer.Option("--level", help="STUDY (default), SERIES or IMAGE.")
@@ -915,7 +907,7 @@ def query(
             "--wait/--no-wait", help="Wait for the matches (default) or print the job id."
         ),
     ] = True,
-    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    priority: PriorityOpt = 0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the matches as an array of DICOM JSON objects.")
     ] = False,
@@ -967,7 +959,7 @@ def query(
 @app.command()
 def move(
     ctx: typer.Context,
-    peer: Annotated[str, typer.Argument(help="Peer name (file stem in peers_dir).")],
+    peer: PeerArg,
     keys: KeysOpt = None,
     study: Annotated[str | None, typer.Option("--study", help="Study Instance UID.")] = None,
     series: Annotated[str | None, typer.Option("--series", help="Series Instance UID.")] = None,
@@ -978,10 +970,8 @@ def move(
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the job; exit 0 only if it succeeded.")
     ] = False,
-    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
-    idempotency_key: Annotated[
-        str | None, typer.Option("--idempotency-key", help="Submit at most once per key.")
-    ] = None,
+    priority: PriorityOpt = 0,
+    idempotency_key: IdempotencyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Retrieve a study or series from PEER (Study Root C-MOVE) to this node or to --dest."""

@@ -19,7 +19,7 @@ commitment tables are written by ``queue.commitment`` (the commitment section of
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -413,6 +413,44 @@ class JobRepository:
                 session.rollback()
             return ok
 
+    def _end_attempt(
+        self,
+        job_id: int,
+        owner: str,
+        values: Callable[[datetime], dict[str, Any]],
+        *,
+        event: str,
+        status: int | None = None,
+        message: str | None = None,
+        with_attempt: bool = True,
+    ) -> bool:
+        """Apply *values(now)* to a running job we own (fenced), log *event*, commit.
+
+        Returns False (and changes nothing) if the lease is no longer ours.
+        """
+        with self.sessions() as session:
+            now = self._now(session)
+            if not self._fenced(session, job_id, owner, now, **values(now)):
+                session.rollback()
+                return False
+            attempt = (
+                session.scalar(select(JobRow.attempts).where(JobRow.id == job_id))
+                if with_attempt
+                else None
+            )
+            self._event(
+                session,
+                job_id,
+                now,
+                event,
+                attempt=attempt,
+                node=owner,
+                status=status,
+                message=message,
+            )
+            session.commit()
+            return True
+
     def finish(
         self,
         job_id: int,
@@ -426,9 +464,9 @@ class JobRepository:
     ) -> bool:
         """End an attempt for good: succeeded, failed or cancelled. Fenced."""
         assert state.final
-        with self.sessions() as session:
-            now = self._now(session)
-            values: dict[str, Any] = {
+
+        def values(now: datetime) -> dict[str, Any]:
+            out: dict[str, Any] = {
                 "state": state.value,
                 "finished_at": now,
                 "lease_owner": None,
@@ -437,23 +475,12 @@ class JobRepository:
                 "last_error": error,
             }
             if result is not None:
-                values["result"] = result
-            if not self._fenced(session, job_id, owner, now, **values):
-                session.rollback()
-                return False
-            attempt = session.scalar(select(JobRow.attempts).where(JobRow.id == job_id))
-            self._event(
-                session,
-                job_id,
-                now,
-                state.value,
-                attempt=attempt,
-                node=owner,
-                status=status,
-                message=message or error,
-            )
-            session.commit()
-            return True
+                out["result"] = result
+            return out
+
+        return self._end_attempt(
+            job_id, owner, values, event=state.value, status=status, message=message or error
+        )
 
     def schedule_retry(
         self,
@@ -466,9 +493,9 @@ class JobRepository:
         result: dict[str, Any] | None = None,
     ) -> bool:
         """Back to queued, runnable after *delay* seconds. Fenced."""
-        with self.sessions() as session:
-            now = self._now(session)
-            values: dict[str, Any] = {
+
+        def values(now: datetime) -> dict[str, Any]:
+            out: dict[str, Any] = {
                 "state": JobState.QUEUED.value,
                 "not_before": now + timedelta(seconds=delay),
                 "lease_owner": None,
@@ -477,23 +504,17 @@ class JobRepository:
                 "last_error": error,
             }
             if result is not None:
-                values["result"] = result
-            if not self._fenced(session, job_id, owner, now, **values):
-                session.rollback()
-                return False
-            attempt = session.scalar(select(JobRow.attempts).where(JobRow.id == job_id))
-            self._event(
-                session,
-                job_id,
-                now,
-                "retry_scheduled",
-                attempt=attempt,
-                node=owner,
-                status=status,
-                message=f"in {delay:.1f} s: {error}",
-            )
-            session.commit()
-            return True
+                out["result"] = result
+            return out
+
+        return self._end_attempt(
+            job_id,
+            owner,
+            values,
+            event="retry_scheduled",
+            status=status,
+            message=f"in {delay:.1f} s: {error}",
+        )
 
     def wait_until(
         self,
@@ -510,28 +531,27 @@ class JobRepository:
         *claimed_not_before* is the job's ``not_before`` when it was claimed: if ``wake`` moved
         it since (the awaited event already happened), the job stays runnable instead.
         """
-        with self.sessions() as session:
-            now = self._now(session)
+
+        def values(now: datetime) -> dict[str, Any]:
             deadline: Any = now + timedelta(seconds=seconds)
             if claimed_not_before is not None:
                 deadline = case(
                     (JobRow.not_before > claimed_not_before, JobRow.not_before),
                     else_=literal(deadline, UTCDateTime()),
                 )
-            values: dict[str, Any] = {
+            out: dict[str, Any] = {
                 "state": JobState.WAITING.value,
                 "not_before": deadline,
                 "lease_owner": None,
                 "lease_expires_at": None,
             }
             if progress is not None:
-                values["progress"] = progress
-            if not self._fenced(session, job_id, owner, now, **values):
-                session.rollback()
-                return False
-            self._event(session, job_id, now, "waiting", node=owner, message=message)
-            session.commit()
-            return True
+                out["progress"] = progress
+            return out
+
+        return self._end_attempt(
+            job_id, owner, values, event="waiting", message=message, with_attempt=False
+        )
 
     def wake_in(self, session: Session, job_id: int, now: datetime, message: str) -> bool:
         """Make a waiting (or queued) job runnable now, inside the caller's transaction.
@@ -563,26 +583,25 @@ class JobRepository:
 
     def release(self, job_id: int, owner: str, reason: str) -> bool:
         """Give an unfinished attempt back (shutdown): queued again, attempt not counted."""
-        with self.sessions() as session:
-            now = self._now(session)
-            if not self._fenced(
-                session,
-                job_id,
-                owner,
-                now,
-                state=JobState.QUEUED.value,
-                not_before=now,
-                lease_owner=None,
-                lease_expires_at=None,
-                attempts=func.max(JobRow.attempts - 1, 0)
-                if not self.postgres
-                else func.greatest(JobRow.attempts - 1, 0),
-            ):
-                session.rollback()
-                return False
-            self._event(session, job_id, now, "released", node=owner, message=reason)
-            session.commit()
-            return True
+        previous = (
+            func.greatest(JobRow.attempts - 1, 0)
+            if self.postgres
+            else func.max(JobRow.attempts - 1, 0)
+        )
+        return self._end_attempt(
+            job_id,
+            owner,
+            lambda now: {
+                "state": JobState.QUEUED.value,
+                "not_before": now,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "attempts": previous,
+            },
+            event="released",
+            message=reason,
+            with_attempt=False,
+        )
 
     def event(
         self,
