@@ -198,6 +198,15 @@ async def supervise(
         queue_figures=lambda: queue_figures(runtime.repo),
     )
     runtime.server.start()
+    # /healthz and /metrics answer before daemon.ready is logged (scripts wait for that line).
+    health: HealthServer | None = None
+    if settings.metrics.enabled:
+        checks = readiness_checks(runtime)
+        health = HealthServer(
+            settings.metrics.bind, settings.metrics.port, runtime.metrics, lambda: readiness(checks)
+        )
+        health.start()
+        log.info("metrics.listening", bind=settings.metrics.bind, port=health.port)
     log.info(
         "daemon.ready",
         ae_title=settings.node.ae_title,
@@ -209,14 +218,6 @@ async def supervise(
         embedded_default=settings.is_embedded_default,
         watchdog_interval=notifier.watchdog_interval(),
     )
-    health: HealthServer | None = None
-    if settings.metrics.enabled:
-        checks = readiness_checks(runtime)
-        health = HealthServer(
-            settings.metrics.bind, settings.metrics.port, runtime.metrics, lambda: readiness(checks)
-        )
-        health.start()
-        log.info("metrics.listening", bind=settings.metrics.bind, port=health.port)
     stop_workers = asyncio.Event()
     workers = asyncio.create_task(runtime.workers.run(stop_workers), name="workers")
     supervisor.ready()
