@@ -252,6 +252,15 @@ async def supervise(
     asyncio.get_running_loop().set_default_executor(io_pool)
     prewarm([io_pool, runtime.workers.executor, supervisor.database.executor])
     runtime.server.start()
+    # /healthz and /metrics answer before daemon.ready is logged (scripts wait for that line).
+    health: HealthServer | None = None
+    if settings.metrics.enabled:
+        checks = readiness_checks(runtime)
+        health = HealthServer(
+            settings.metrics.bind, settings.metrics.port, runtime.metrics, lambda: readiness(checks)
+        )
+        health.start()
+        log.info("metrics.listening", bind=settings.metrics.bind, port=health.port)
     log.info(
         "daemon.ready",
         ae_title=settings.node.ae_title,
@@ -264,14 +273,6 @@ async def supervise(
         embedded_default=settings.is_embedded_default,
         watchdog_interval=notifier.watchdog_interval(),
     )
-    health: HealthServer | None = None
-    if settings.metrics.enabled:
-        checks = readiness_checks(runtime)
-        health = HealthServer(
-            settings.metrics.bind, settings.metrics.port, runtime.metrics, lambda: readiness(checks)
-        )
-        health.start()
-        log.info("metrics.listening", bind=settings.metrics.bind, port=health.port)
     stop_workers = asyncio.Event()
     reconciler = runtime.extras.get("reconciler")
     if isinstance(reconciler, Reconciler):

@@ -8,8 +8,9 @@ as they come). ``Store.ingest`` then:
    relies on it), walks and hashes the data set meanwhile (from the page cache) and checks it
    against the command;
 2. ``fdatasync``s the spool file (which now mostly waits for the journal commit);
-3. hard-links it to ``store/<Study>/<Series>/<SOPInstance>.dcm`` (via a temporary name and an
-   atomic rename), and ``fsync``s the directory (and any directory it had to create);
+3. hard-links it to ``store/<Study>/<Series>/<SOPInstance>.dcm`` (via a temporary name in the
+   spool and an atomic rename), and ``fsync``s the directory (and any directory it had to
+   create);
 4. commits the index row (rows of concurrent associations share a transaction: ``GroupCommit``);
 
 and only then answers Success. The spool link is removed afterwards. A crash at any point leaves
@@ -623,7 +624,10 @@ class Store:
 
     def _link_into_store(self, spool: SpoolFile, target: Path) -> None:
         self._ensure_dir(target.parent)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        # The temporary name lives in the spool, not next to the target: a crash between the
+        # link and the rename leaves a spool file, which recover_spool resolves, instead of a
+        # stray link in the store that nothing would ever remove.
+        tmp = self.spool / f"{spool.path.stem}.{uuid.uuid4().hex[:8]}.link{SPOOL_SUFFIX}"
         os.link(spool.path, tmp)
         try:
             os.replace(tmp, target)

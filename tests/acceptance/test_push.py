@@ -79,7 +79,7 @@ def scp_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def storescp_peer(scp_dir: Path) -> Iterator[Any]:
     """DCMTK storescp (unique file names, so duplicates are visible)."""
-    with storescp(scp_dir, extra=["-uf"]) as server:
+    with storescp(scp_dir, extra=["+uf"]) as server:
         yield server
 
 

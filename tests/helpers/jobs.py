@@ -1,13 +1,20 @@
-"""Read a node's jobs in-process (faster than a CLI process per poll)."""
+"""Read (and submit) a node's jobs in-process (faster than a CLI process per call)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+from ctnode.config import load_settings
+from ctnode.daemon import open_database
 from ctnode.db.engine import create_db_engine
+from ctnode.peers import load_peers
+from ctnode.queue.jobs import JobKind
 from ctnode.queue.report import job_report
 from ctnode.queue.repository import JobRepository
+from ctnode.queue.retry import RetryPolicy
+from ctnode.scu.push import collect_files
 from tests.helpers.procs import CtnodeProcess
 
 
@@ -41,3 +48,26 @@ def wait_job(
         raise TimeoutError(f"job {job_id} not in {states}: {job_report(repo, job_id)}")
     finally:
         repo.engine.dispose()
+
+
+def submit_push(node: CtnodeProcess, peer: str, *paths: Path) -> int:
+    """Queue a push of *paths* to *peer* as ``ctnode push`` does, in-process (no CLI start-up
+    cost); returns the job id."""
+    settings = load_settings(node.config_path)
+    target = load_peers(settings.peers_dir).get(peer)
+    items, skipped = collect_files(paths)
+    assert items and not skipped, skipped
+    policy = RetryPolicy.from_settings(target.config.retry or settings.queue.retry)
+    repo = JobRepository(open_database(settings, migrate_sqlite=True))
+    try:
+        job, _ = repo.submit(
+            JobKind.PUSH,
+            peer,
+            {"source": "files", "paths": [str(p) for p in paths]},
+            items,
+            policy=policy,
+            node_name=settings.node.name,
+        )
+    finally:
+        repo.engine.dispose()
+    return job.id

@@ -112,8 +112,11 @@ class CtnodeProcess:
         peers: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        command: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
+        #: How to start ctnode (``python -m ctnode`` unless a test needs a launcher).
+        self.command = command or CTNODE
         self.port = port or free_port()
         self.data_dir = workdir / "data"
         self.peers_dir = workdir / "peers"
@@ -162,7 +165,7 @@ class CtnodeProcess:
     def start(self, wait: bool = True) -> CtnodeProcess:
         """Start ``ctnode run``; wait for ``daemon.ready`` unless *wait* is false."""
         self.proc = subprocess.Popen(
-            [*CTNODE, "--config", str(self.config_path), "run"],
+            [*self.command, "--config", str(self.config_path), "run"],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -332,3 +332,29 @@ def test_group_commit_many_threads(sessions: sessionmaker[Session]) -> None:
         t.join(60)
     with sessions() as s:
         assert sorted(s.scalars(select(Instance.sop_instance_uid))) == sorted(uids)
+
+
+class _Killed(BaseException):
+    """Stands for kill -9 at one precise point."""
+
+
+def test_crash_between_link_and_rename_leaves_nothing_in_the_store(
+    tmp_path: Path, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies after the temporary link was made and before the rename into place:
+    the next start-up's recovery leaves neither a stray link in the store nor a spool file."""
+    store = _store(tmp_path, sessions)
+    ds = make_dataset(CT_IMAGE)
+
+    def killed(src: object, dst: object) -> None:
+        raise _Killed
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(_Killed):
+        _ingest(store, encode_dataset(ds), CT_IMAGE, ds.SOPInstanceUID)
+    monkeypatch.undo()
+    Store(store.settings, sessions, "node-a").prepare()
+    assert _all_files(store.root) == []
+    assert list(store.spool.iterdir()) == []
+    with sessions() as s:
+        assert s.scalars(select(Instance)).all() == []

@@ -5,6 +5,11 @@ thread pool; every database call goes through ``asyncio.to_thread``. While an at
 heartbeat renews the lease every third of its length and carries cancellation requests to the
 operation, which checks its ``StopFlag`` between items. After the attempt the retry policy — a
 pure function — decides: done, retry at T, or failed.
+
+Recording that decision is retried while the database is unavailable (locked beyond its busy
+timeout, full, unreachable): the outcome is known, and a job whose worker gave up on recording
+it would stay ``running`` under this process's lease, which its own pool never reclaims. A
+worker never dies of an error; it logs it and claims the next job.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import structlog
 
 from ctnode import __version__
 from ctnode.config import QueueSettings
+from ctnode.db.engine import is_unavailable
 from ctnode.errors import NotFound
 from ctnode.logs import get_logger
 from ctnode.peers import Peer, PeerRegistry
@@ -207,14 +213,19 @@ class WorkerPool:
         return len(self._running)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run the workers until *stop* is set, then stop them at item boundaries."""
-        await asyncio.to_thread(self.repo.node_started, self.owner, self.node_name, __version__)
-        await asyncio.to_thread(self._expire_dead_local_leases)
+        """Run the workers until *stop* is set, then stop them at item boundaries.
+
+        The workers start even if the database does not answer yet (locked, full,
+        unreachable): their claims are retried every poll, and the start-up housekeeping
+        (registering this process, ending the leases of dead local processes) is retried by
+        the node heartbeat until it succeeds.
+        """
+        registered = await self._start_up()
         tasks = [
             asyncio.create_task(self._worker(i), name=f"worker-{i}")
             for i in range(self.settings.workers)
         ]
-        heartbeat = asyncio.create_task(self._node_heartbeat(), name="node-heartbeat")
+        heartbeat = asyncio.create_task(self._node_heartbeat(registered), name="node-heartbeat")
         await stop.wait()
         self._stopping = True
         self._wake.set()
@@ -228,13 +239,26 @@ class WorkerPool:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.repo.node_stopped, self.owner)
 
+    async def _start_up(self) -> bool:
+        """Register this process and end dead local leases; False if the database failed."""
+        try:
+            await asyncio.to_thread(self.repo.node_started, self.owner, self.node_name, __version__)
+            await asyncio.to_thread(self._expire_dead_local_leases)
+        except Exception as exc:
+            log.warning("queue.start_up_deferred", error=str(exc).splitlines()[0])
+            return False
+        return True
+
     def _expire_dead_local_leases(self) -> None:
         dead = dead_local_owners(self.repo.lease_owners())
         count = self.repo.expire_leases(dead, "its process on this host is gone")
         if count:
             log.info("queue.leases_recovered", jobs=count, owners=len(dead))
 
-    async def _node_heartbeat(self) -> None:
+    async def _node_heartbeat(self, registered: bool = True) -> None:
+        while not registered:
+            await asyncio.sleep(1)
+            registered = await self._start_up()
         while True:
             await asyncio.sleep(10)
             try:
@@ -258,6 +282,8 @@ class WorkerPool:
                 continue
             try:
                 await self._execute(job)
+            except Exception as exc:  # a worker must survive anything one job does
+                log.exception("queue.worker_error", job=job.id, error=str(exc).splitlines()[0])
             finally:
                 self._active_peers[job.peer] -= 1
                 self._wake.set()  # a peer slot was freed
@@ -297,16 +323,16 @@ class WorkerPool:
                 f"ran out of attempts: attempt {job.attempts - 1} was interrupted "
                 "(node stopped or lost its lease)"
             )
-            await asyncio.to_thread(
-                self.repo.finish, job.id, self.owner, JobState.FAILED, error=message
+            await self._record(
+                jlog, self.repo.finish, job.id, self.owner, JobState.FAILED, error=message
             )
             jlog.warning("job.failed", reason=message)
             return
         try:
             peer = self.peers().get(job.peer)
         except NotFound as exc:
-            await asyncio.to_thread(
-                self.repo.finish, job.id, self.owner, JobState.FAILED, error=str(exc)
+            await self._record(
+                jlog, self.repo.finish, job.id, self.owner, JobState.FAILED, error=str(exc)
             )
             jlog.warning("job.failed", reason=str(exc))
             return
@@ -323,17 +349,55 @@ class WorkerPool:
                 self.executor, _run_with_context, self.operations[job.kind], attempt
             )
         except Exception as exc:  # a bug in an operation must not kill the worker
-            jlog.exception("job.attempt_crashed", error=str(exc))
-            result = AttemptResult(Outcome.TRANSIENT, error=f"internal error: {exc}")
+            if is_unavailable(exc):
+                reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+                jlog.warning(
+                    "job.attempt_interrupted", error=f"index database unavailable: {reason}"
+                )
+                error = f"index database unavailable: {reason}"
+            else:
+                jlog.exception("job.attempt_crashed", error=str(exc))
+                error = f"internal error: {exc}"
+            result = AttemptResult(Outcome.TRANSIENT, error=error)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             self._running.pop(job.id, None)
-        await asyncio.to_thread(self._conclude, job, result, flag, jlog)
+        await self._record(jlog, self._conclude, job, result, flag, jlog)
         self.attempts_finished += 1
         if self.on_attempt is not None:
             self.on_attempt(job.kind.value, result.outcome.value)
+
+    async def _record(
+        self, jlog: Any, write: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> None:
+        """Run a job's final write (in a thread), retrying while the database is unavailable.
+
+        Gives up only when the pool is stopping (the next start expires this process's
+        leases) or on an error that is not about availability (logged; the worker goes on).
+        """
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.to_thread(write, *args, **kwargs)
+                return
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    jlog.exception("job.record_failed", error=str(exc).splitlines()[0])
+                    return
+                if self._stopping:
+                    jlog.warning(
+                        "job.record_abandoned",
+                        error=str(exc).splitlines()[0],
+                        reason="node stopping; the lease is expired at the next start",
+                    )
+                    return
+                jlog.warning(
+                    "job.record_retry", error=str(exc).splitlines()[0], delay=round(delay, 1)
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _heartbeat(self, job: Job, flag: StopFlag) -> None:
         interval = self.repo.lease.total_seconds() / 3

@@ -1,0 +1,135 @@
+"""The ledger itself (tests/helpers/ledger.py) catches every kind of broken promise: an
+oracle that cannot fail proves nothing. Built on a real store and index, no process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from ctnode.config import StorageSettings
+from ctnode.db import migrate
+from ctnode.db.engine import create_db_engine, session_factory
+from ctnode.db.models import Instance
+from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE
+from ctnode.queue.jobs import ItemOutcome, ItemState, JobKind, JobState, NewItem
+from ctnode.queue.repository import JobRepository
+from ctnode.queue.retry import RetryPolicy
+from ctnode.storage import Store, StoreRequest
+from tests.helpers.dicomgen import write_series
+from tests.helpers.ledger import DirectoryPeer, Ledger, NodeView, dataset_of, uid_of
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[NodeView, Store, sessionmaker[Session], list[Path]]:
+    """A data dir with three stored instances and the files they came from."""
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    engine = create_db_engine(url)
+    migrate.upgrade(engine)
+    sessions = session_factory(engine)
+    settings = StorageSettings(data_dir=tmp_path / "data", min_free_bytes=0)  # type: ignore[arg-type]
+    store = Store(settings, sessions, "node-a")
+    store.prepare()
+    files = write_series(tmp_path / "in", 3)
+    for path in files:
+        spool = store.open_spool(StoreRequest(CT_IMAGE, uid_of(path), EXPLICIT_VR_LE))
+        spool.write(memoryview(dataset_of(path)))
+        assert store.ingest(spool).status == 0
+    return NodeView("node", tmp_path / "data", url, "node-a"), store, sessions, files
+
+
+def _ledger(view: NodeView, files: list[Path]) -> Ledger:
+    ledger = Ledger("self-test")
+    ledger.add_node(view)
+    for path in files:
+        ledger.acknowledge(uid_of(path), path)
+    return ledger
+
+
+def test_a_consistent_node_verifies(world: tuple[NodeView, Store, Any, list[Path]]) -> None:
+    """The baseline: everything acknowledged is there."""
+    view, _, _, files = world
+    counts = _ledger(view, files).verify()
+    assert counts.acknowledged == 3 and counts.lost == 0
+
+
+def test_missing_file_is_lost(world: tuple[NodeView, Store, Any, list[Path]]) -> None:
+    """An acknowledged instance whose store file vanished counts as lost."""
+    view, store, _, files = world
+    next(store.root.rglob(f"{uid_of(files[0])}.dcm")).unlink()
+    with pytest.raises(AssertionError, match="LOST"):
+        _ledger(view, files).verify()
+
+
+def test_missing_row_is_lost_and_file_is_an_orphan(
+    world: tuple[NodeView, Store, sessionmaker[Session], list[Path]],
+) -> None:
+    """No index row: lost, and its file is reported as an orphan."""
+    view, _, sessions, files = world
+    with sessions() as session:
+        session.execute(delete(Instance).where(Instance.sop_instance_uid == uid_of(files[1])))
+        session.commit()
+    with pytest.raises(AssertionError, match="LOST") as info:
+        _ledger(view, files).verify()
+    assert "store files without an index row" in str(info.value)
+
+
+def test_different_bytes_are_lost(world: tuple[NodeView, Store, Any, list[Path]]) -> None:
+    """A stored data set differing from what was sent is not what was promised."""
+    view, store, _, files = world
+    stored = next(store.root.rglob(f"{uid_of(files[2])}.dcm"))
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    with pytest.raises(AssertionError, match="LOST") as info:
+        _ledger(view, files).verify()
+    assert "SHA-256" in str(info.value)
+
+
+def test_leftovers_are_reported(world: tuple[NodeView, Store, Any, list[Path]]) -> None:
+    """A spool file and a temporary link in the store are half-written state."""
+    view, store, _, files = world
+    (store.spool / "x.part").write_bytes(b"partial")
+    stored = next(store.root.rglob("*.dcm"))
+    os.link(stored, stored.with_name(f".{stored.name}.1234.tmp"))
+    with pytest.raises(AssertionError) as info:
+        _ledger(view, files).verify()
+    assert "spool not empty" in str(info.value) and "temporary files" in str(info.value)
+
+
+def test_jobs_duplicates_and_peer(
+    world: tuple[NodeView, Store, Any, list[Path]], tmp_path: Path
+) -> None:
+    """A job not final, a succeeded push missing at its peer, and duplicates over the bound
+    are all problems; a failed job needs a reason."""
+    view, _, _, files = world
+    repo = JobRepository(create_db_engine(view.db_url))
+    items = [NewItem(CT_IMAGE, uid_of(p), EXPLICIT_VR_LE, str(p)) for p in files]
+    policy = RetryPolicy()
+    pending, _ = repo.submit(JobKind.PUSH, "peer", {}, items, policy=policy)
+    done, _ = repo.submit(JobKind.PUSH, "peer", {}, items, policy=policy)
+    claimed = repo.claim("me", "n")
+    assert claimed is not None and claimed.id == pending.id
+    outcomes = [ItemOutcome(i.id, ItemState.SUCCEEDED) for i in repo.items(pending.id)]
+    repo.record_items(pending.id, "me", outcomes)
+    repo.finish(pending.id, "me", JobState.SUCCEEDED)
+    peer_dir = tmp_path / "peer"
+    peer_dir.mkdir()
+    for n, path in enumerate(files[:2]):  # the third never arrived; the first arrived twice
+        (peer_dir / f"a{n}").write_bytes(path.read_bytes())
+    (peer_dir / "dup").write_bytes(files[0].read_bytes())
+    ledger = _ledger(view, files)
+    ledger.add_peer("peer", DirectoryPeer(peer_dir))
+    ledger.submitted(pending.id, peer="peer", max_duplicates=0)
+    ledger.submitted(done.id, peer="peer")
+    with pytest.raises(AssertionError) as info:
+        ledger.verify()
+    text = str(info.value)
+    assert f"job {done.id} on node is queued, not final" in text
+    assert "1 instance(s) are not at peer 'peer'" in text
+    assert "1 duplicate(s) at 'peer', more than the bound of 0" in text
+    repo.engine.dispose()
