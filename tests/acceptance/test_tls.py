@@ -243,6 +243,29 @@ def test_ctnode_echo_over_tls(tmp_path: Path, pki: Pki, tls_storescp: int) -> No
     assert "success" in result.stdout
 
 
+def test_ctnode_push_over_tls(tmp_path: Path, pki: Pki, tls_storescp: int) -> None:
+    """`ctnode push --wait` of the six scanner classes to DCMTK storescp +tls: all delivered,
+    byte-identical at the peer."""
+    from tests.helpers.dicomgen import SIX_CLASSES, dataset_bytes
+
+    files = [
+        write(make_dataset(uid), tmp_path / "in" / f"{name}.dcm")
+        for name, uid in SIX_CLASSES.items()
+    ]
+    with CtnodeProcess(
+        tmp_path / "client",
+        config={"queue": {"poll_interval": 0.2}},
+        peers={"pacs": _peer(tls_storescp, pki, pki.ca)},
+    ) as node:
+        result = node.cli("push", "pacs", str(tmp_path / "in"), "--wait", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"succeeded": 6' in result.stdout
+    received = sorted((tmp_path / "received").iterdir())
+    assert len(received) == 6
+    sent = {dataset_bytes(f) for f in files}
+    assert {dataset_bytes(f) for f in received} == sent
+
+
 def test_ctnode_echo_with_wrong_ca_fails_clearly(
     tmp_path: Path, pki: Pki, tls_storescp: int
 ) -> None:
