@@ -335,3 +335,52 @@ def test_systemd_analyze_security_exposure_at_most_2(tmp_path: Path) -> None:
     match = re.search(r"Overall exposure level for ctnode\.service: (\d+(?:\.\d+)?)", output)
     assert match, output
     assert float(match.group(1)) <= MAX_EXPOSURE, output
+
+
+def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
+    """The built wheel carries migrations/ as ctnode/_migrations, and an installed ctnode finds
+    them there (so `ctnode db upgrade` works outside a source checkout)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[2]
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("ctnode-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "site")
+    revisions = {p.name for p in (root / "migrations" / "versions").glob("*.py")}
+    assert "ctnode/_migrations/env.py" in names
+    assert {f"ctnode/_migrations/versions/{r}" for r in revisions} <= names
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ctnode.db.migrate import migrations_dir; print(migrations_dir())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+    )
+    assert found.stdout.strip() == str(tmp_path / "site" / "ctnode" / "_migrations")
