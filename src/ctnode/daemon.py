@@ -79,7 +79,11 @@ def open_database(settings: Settings, *, migrate_sqlite: bool) -> Engine:
     engine = create_db_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
     try:
         if is_sqlite(engine) and migrate_sqlite:
+            before = migrate.current_revision(engine)
             migrate.upgrade(engine)
+            after = migrate.current_revision(engine)
+            if after != before:
+                log.info("db.migrated", from_revision=before, to_revision=after)
         elif not migrate.is_at_head(engine):
             engine.dispose()
             raise SchemaNotAtHead(

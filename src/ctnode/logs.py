@@ -78,6 +78,10 @@ def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -
     logging.getLogger("pynetdicom").setLevel(
         logging.DEBUG if settings.level == "DEBUG" else logging.WARNING
     )
+    # Alembic narrates every step at INFO; ctnode logs one db.migrated event instead.
+    logging.getLogger("alembic").setLevel(
+        logging.DEBUG if settings.level == "DEBUG" else logging.WARNING
+    )
     _quiet_pynetdicom_identifiers(settings.log_identifiers)
 
 
