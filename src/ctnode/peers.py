@@ -285,8 +285,3 @@ def load_peers(directory: Path, *, resolve: bool = True, required: bool = False)
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in {directory}", problems=problems)
     return PeerRegistry(peers, directory, tuple(warnings))
-
-
-def peer_names(peers: Iterable[Peer]) -> list[str]:
-    """Sorted names."""
-    return sorted(p.name for p in peers)

@@ -41,14 +41,6 @@ STORAGE_CLASSES: frozenset[str] = frozenset(_sop._STORAGE_CLASSES.values()) | fr
 )
 
 
-def storage_class_name(uid: str) -> str:
-    """Human name of a storage SOP class, or the UID itself."""
-    for name, value in _sop._STORAGE_CLASSES.items():
-        if value == uid:
-            return str(name)
-    return uid
-
-
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"

@@ -321,12 +321,6 @@ class JobRepository:
             session.commit()
             return True
 
-    def set_progress(self, job_id: int, owner: str, progress: dict[str, Any]) -> bool:
-        """Store an operation's progress (e.g. C-MOVE sub-operation counts); fenced."""
-        return self.record_items(job_id, owner, (), progress=progress)
-
-    # -- query/retrieve: items discovered while a job runs (C-MOVE arrivals) --------------
-
     def record_arrivals(
         self,
         job_id: int,
