@@ -86,4 +86,6 @@ class PeerUnreachable(CtnodeError):
 
 
 class NotFound(CtnodeError):
-    """The requested object does not exist."""
+    """The requested object does not exist (a usage error: wrong name or id)."""
+
+    exit_code = 2

@@ -340,7 +340,7 @@ def test_push_usage_errors(tmp_path: Path) -> None:
     """Unknown peer, nothing to push, or both paths and --study: one line, exit 2."""
     with CtnodeProcess(tmp_path / "node", peers={"scp": _peer("STORESCP", 104)}) as node:
         unknown = node.cli("push", "nope", str(tmp_path))
-        assert unknown.returncode == 2 or unknown.returncode == 1
+        assert unknown.returncode == 2
         assert "no peer named 'nope'" in unknown.stderr
         (tmp_path / "empty").mkdir()
         empty = node.cli("push", "scp", str(tmp_path / "empty"))
