@@ -433,3 +433,24 @@ def test_jobs_cli_json_contract(tmp_path: Path, storescp_peer: Any) -> None:
     assert [e["event"] for e in shown["events"]] == ["submitted", "claimed", "succeeded"]
     assert "events:" in text and "succeeded" in text
     assert retry.returncode == 2 and "only failed or cancelled" in retry.stderr
+
+
+def test_push_to_a_peer_added_before_reload(
+    tmp_path: Path, storescp_peer: Any, scp_dir: Path
+) -> None:
+    """A peer file added after the node started: the CLI accepts the push, the node retries
+    ('not loaded ... reload') and delivers once SIGHUP reloaded the peers."""
+    import signal
+
+    files = write_series(tmp_path / "in", 3)
+    with CtnodeProcess(tmp_path / "node", config={"queue": FAST_QUEUE}) as node:
+        node.write_peer("late", _peer("STORESCP", storescp_peer.port))
+        job_id = int(node.cli("push", "late", str(tmp_path / "in")).stdout)
+        deadline = time.monotonic() + 30
+        while "not loaded" not in str((job := _job(node, job_id))["last_error"]):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        node.signal(signal.SIGHUP)
+        job = _wait_job(node, job_id, {"succeeded", "failed"})
+    assert job["state"] == "succeeded", job
+    assert set(_received_by_uid(scp_dir)) == {_uid(p) for p in files}

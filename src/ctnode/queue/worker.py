@@ -330,11 +330,15 @@ class WorkerPool:
             return
         try:
             peer = self.peers().get(job.peer)
-        except NotFound as exc:
-            await self._record(
-                jlog, self.repo.finish, job.id, self.owner, JobState.FAILED, error=str(exc)
+        except NotFound:
+            # The CLI that queued the job knew the peer: its file was probably added after this
+            # node loaded its peers. A transient failure gives the admin time to reload.
+            result = AttemptResult(
+                Outcome.TRANSIENT,
+                error=f"peer {job.peer!r} is not loaded in the running node: add "
+                f"{job.peer}.yaml to peers_dir and reload it (systemctl reload ctnode)",
             )
-            jlog.warning("job.failed", reason=str(exc))
+            await self._record(jlog, self._conclude, job, result, StopFlag(), jlog)
             return
         flag = StopFlag()
         if job.cancel_requested:
