@@ -71,3 +71,49 @@ def submit_push(node: CtnodeProcess, peer: str, *paths: Path) -> int:
     finally:
         repo.engine.dispose()
     return job.id
+
+
+def submit_move(node: CtnodeProcess, peer: str, study: str) -> int:
+    """Queue a C-MOVE of *study* from *peer* to the node itself as ``ctnode move --study``
+    does, in-process; returns the job id."""
+    from ctnode.scu.move import make_request
+
+    settings = load_settings(node.config_path)
+    target = load_peers(settings.peers_dir).get(peer)
+    policy = RetryPolicy.from_settings(target.config.retry or settings.queue.retry)
+    repo = JobRepository(open_database(settings, migrate_sqlite=True))
+    try:
+        job, _ = repo.submit(
+            JobKind.MOVE,
+            peer,
+            make_request(study).to_payload(),
+            policy=policy,
+            node_name=settings.node.name,
+        )
+    finally:
+        repo.engine.dispose()
+    return job.id
+
+
+def submit_commit(node: CtnodeProcess, peer: str, *paths: Path) -> int:
+    """Queue a storage commitment request for the files *paths* to *peer* as ``ctnode commit
+    PEER PATH...`` does, in-process; returns the job id."""
+    from ctnode.scu.commit import commit_policy
+
+    settings = load_settings(node.config_path)
+    target = load_peers(settings.peers_dir).get(peer)
+    items, skipped = collect_files(paths)
+    assert items and not skipped, skipped
+    repo = JobRepository(open_database(settings, migrate_sqlite=True))
+    try:
+        job, _ = repo.submit(
+            JobKind.COMMIT,
+            peer,
+            {"source": "files", "paths": [str(p) for p in paths]},
+            items,
+            policy=commit_policy(settings, target),
+            node_name=settings.node.name,
+        )
+    finally:
+        repo.engine.dispose()
+    return job.id

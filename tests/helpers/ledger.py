@@ -20,20 +20,23 @@ A test records every promise the system made while faults were injected:
 
 and returns the counts. Problems are collected and raised together as one AssertionError.
 
-Extending to the other flows (query/move/commitment are being built elsewhere):
+Per-kind checks (``JOB_CHECKS``, a function ``(ledger, job, report, repo) -> None`` under the
+job kind; it may call ``ledger.problem()`` and ``ledger.count_duplicates()``):
 
-* a kind check is a function ``(ledger, job, report, repo) -> None`` registered in
-  ``JOB_CHECKS`` under the job kind; it may call ``ledger.problem()`` and
-  ``ledger.count_duplicates()``;
-* **move**: register ``JOB_CHECKS["move"]`` to require, for a succeeded move, that every
-  instance the source holds for the moved keys is indexed on the node (instances arriving by
-  C-STORE sub-operations are acknowledged by the node to the source, so the check can also call
-  ``acknowledge(..., via="move")`` for each and let the common checks compare bytes); a
-  ``DirectoryPeer`` over dcmqrscp's storage gives the expected set and the source bytes;
-* **commitment**: ``JOB_CHECKS["commit"]`` requires, for a succeeded job, an
-  ``instance_commitments`` row per item and that the peer view really holds each instance
-  (a commitment for an instance the peer does not have is a lie the ledger must catch);
-* peers other than a directory (Orthanc over REST, a ``FakeStoreSCP``) implement ``PeerView``.
+* **push**: every item of a succeeded job is at the peer; duplicates at the peer counted and
+  bounded by ``max_duplicates``;
+* **move** (to the node itself): ``uids`` is what the source holds for the moved keys; a
+  succeeded move has every one of them indexed on the node (the test also calls
+  ``acknowledge(..., via="move")`` for the C-STOREs the node answered, so the common checks
+  compare bytes). Duplicates are receptions *at the node*: register them with
+  ``add_receptions(view)`` (``Receptions`` counts the node's ``scp.store.accepted`` log lines
+  over all its restarts); they are counted and bounded by ``max_duplicates``;
+* **commit**: a succeeded job has every item committed, an ``instance_commitments`` row per
+  item for the job's peer, and the peer view holds each instance (a commitment for an instance
+  the peer does not have is a lie the ledger catches); a failed job names a reason for every
+  instance not committed; a final job has no transaction left ``open`` or ``requested``.
+
+Peers other than a directory implement ``PeerView`` (``OrthancPeer`` reads Orthanc over REST).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import pydicom
 from sqlalchemy import select
 
 from ctnode.db.engine import create_db_engine, session_factory
-from ctnode.db.models import Instance
+from ctnode.db.models import CommitTransaction, Instance, InstanceCommitment, JobItem
 from ctnode.dicom.filemeta import read_meta_length
 from ctnode.queue.report import job_report
 from ctnode.queue.repository import JobRepository
@@ -136,6 +139,47 @@ class DirectoryPeer:
     def files_of(self, uid: str) -> list[Path]:
         """The files holding *uid* (after a ``copies()`` call)."""
         return [p for p, u in self._cache.items() if u == uid]
+
+
+class Receptions:
+    """What a node received: one copy per C-STORE it answered with Success, counted from its
+    ``scp.store.accepted`` / ``scp.store.quarantined`` log lines over every process run (call
+    ``add(node.log)`` after each start). A C-STORE answered just before a kill -9 may miss its
+    log line (it is written after the response), so this is a lower bound per instance."""
+
+    EVENTS = ("scp.store.accepted", "scp.store.quarantined")
+
+    def __init__(self) -> None:
+        self.logs: list[Any] = []
+
+    def add(self, log: Any) -> None:
+        """A process run's ``LogReader``."""
+        self.logs.append(log)
+
+    def accepted(self) -> list[str]:
+        """SOP Instance UIDs of every C-STORE answered Success, in order, with repeats."""
+        out: list[str] = []
+        for log in self.logs:
+            for event in self.EVENTS:
+                out.extend(str(e.get("sop_instance_uid")) for e in log.named(event))
+        return out
+
+    def copies(self) -> Counter[str]:
+        return Counter(self.accepted())
+
+
+class OrthancPeer:
+    """What an Orthanc holds (REST ``/tools/find``); each instance once (Orthanc keeps one copy
+    per SOP Instance UID, so duplicates are not visible here)."""
+
+    def __init__(self, orthanc: Any) -> None:
+        self.orthanc = orthanc
+
+    def copies(self) -> Counter[str]:
+        found = self.orthanc.request(
+            "POST", "/tools/find", {"Level": "Instance", "Query": {}, "Expand": True}
+        )
+        return Counter(str(i["MainDicomTags"]["SOPInstanceUID"]) for i in found)
 
 
 # ------------------------------------------------------------------ records
@@ -228,8 +272,112 @@ def _check_push(
         )
 
 
-#: Per-kind checks of a job (add "move", "commit" here; see the module docstring).
-JOB_CHECKS: dict[str, JobCheck] = {"push": _check_push}
+def _indexed(repo: JobRepository, uids: Iterable[str]) -> set[str]:
+    """Which of *uids* have a live index row in *repo*'s database."""
+    wanted = sorted(set(uids))
+    found: set[str] = set()
+    with repo.sessions() as session:
+        for start in range(0, len(wanted), 500):
+            found.update(
+                session.scalars(
+                    select(Instance.sop_instance_uid).where(
+                        Instance.sop_instance_uid.in_(wanted[start : start + 500]),
+                        Instance.deleted_at.is_(None),
+                    )
+                )
+            )
+    return found
+
+
+def _check_move(
+    ledger: Ledger, job: SubmittedJob, report: dict[str, Any], repo: JobRepository
+) -> None:
+    """A succeeded move to the node: every instance the source holds for it is indexed;
+    duplicate receptions at the node counted (and bounded if asked)."""
+    if job.uids is None:
+        return
+    if report["state"] == "succeeded":
+        missing = sorted(job.uids - _indexed(repo, job.uids))
+        if missing:
+            ledger.lost_at_peer += len(missing)
+            ledger.problem(
+                f"move job {job.job_id} succeeded but {len(missing)} instance(s) the source holds "
+                f"are not indexed on {job.node!r}, e.g. {missing[0]}"
+            )
+    key = Ledger.receptions_key(job.node)
+    if key not in ledger.peers:
+        return
+    duplicates = ledger.count_duplicates(key, job.uids)
+    if job.max_duplicates is not None and duplicates > job.max_duplicates:
+        ledger.problem(
+            f"move job {job.job_id}: {duplicates} duplicate reception(s) at {job.node!r}, more "
+            f"than the bound of {job.max_duplicates}"
+        )
+
+
+def _check_commit(
+    ledger: Ledger, job: SubmittedJob, report: dict[str, Any], repo: JobRepository
+) -> None:
+    """Commitments are backed by the peer; no transaction of a final job is left awaiting."""
+    with repo.sessions() as session:
+        items = list(session.scalars(select(JobItem).where(JobItem.job_id == job.job_id)))
+        committed_rows = set(
+            session.scalars(
+                select(InstanceCommitment.sop_instance_uid).where(
+                    InstanceCommitment.peer == job.peer
+                )
+            )
+        )
+        awaiting = list(
+            session.scalars(
+                select(CommitTransaction.transaction_uid).where(
+                    CommitTransaction.job_id == job.job_id,
+                    CommitTransaction.state.in_(("open", "requested")),
+                )
+            )
+        )
+    uids = {i.sop_instance_uid for i in items if i.sop_instance_uid}
+    if job.uids is not None and uids != job.uids:
+        ledger.problem(f"commit job {job.job_id}: its items are not the instances submitted")
+    if awaiting:
+        ledger.problem(
+            f"commit job {job.job_id} is {report['state']} but transaction(s) {awaiting} are "
+            "still open or requested"
+        )
+    done = {i.sop_instance_uid for i in items if i.state in ("succeeded", "warning")}
+    if report["state"] == "succeeded":
+        if done != uids:
+            ledger.problem(
+                f"commit job {job.job_id} succeeded with {len(uids - done)} instance(s) "
+                "not committed"
+            )
+        unrecorded = sorted(uids - committed_rows)
+        if unrecorded:
+            ledger.problem(
+                f"commit job {job.job_id} succeeded but {len(unrecorded)} instance(s) have no "
+                f"instance_commitments row for {job.peer!r}, e.g. {unrecorded[0]}"
+            )
+    elif report["state"] == "failed":
+        silent = [i.sop_instance_uid for i in items if i.state == "failed" and not i.error]
+        if silent:
+            ledger.problem(f"commit job {job.job_id}: failed instance(s) without a reason")
+    if job.peer is not None and job.peer in ledger.peers:
+        copies = ledger.peer_copies(job.peer)
+        lies = sorted(u for u in done if copies[u] == 0)
+        if lies:
+            ledger.lost_at_peer += len(lies)
+            ledger.problem(
+                f"commit job {job.job_id}: {len(lies)} instance(s) recorded as committed are "
+                f"not at peer {job.peer!r}, e.g. {lies[0]}"
+            )
+
+
+#: Per-kind checks of a job (see the module docstring).
+JOB_CHECKS: dict[str, JobCheck] = {
+    "push": _check_push,
+    "move": _check_move,
+    "commit": _check_commit,
+}
 
 
 # ------------------------------------------------------------------ the ledger
@@ -264,6 +412,15 @@ class Ledger:
     def add_peer(self, name: str, view: PeerView) -> None:
         """Register what peer *name* holds (push jobs to it are checked against it)."""
         self.peers[name] = view
+
+    @staticmethod
+    def receptions_key(node: str) -> str:
+        """The ``peers`` key under which a node's receptions are registered."""
+        return f"{node}:received"
+
+    def add_receptions(self, view: PeerView, node: str = "node") -> None:
+        """Register what *node* received (duplicate receptions of move jobs are counted)."""
+        self.peers[self.receptions_key(node)] = view
 
     def acknowledge(
         self, uid: str, source: Path, *, node: str = "node", via: str = "test", round: int = 0
