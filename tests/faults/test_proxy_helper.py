@@ -172,3 +172,27 @@ def test_drop_all_releases_held_connections(echo_proxy: tuple[EchoServer, FaultP
         proxy.drop_all()
         with contextlib.suppress(ConnectionResetError):
             assert sock.recv(10) == b""
+
+
+def test_connect_delay_connects_to_the_target_later() -> None:
+    """connect_delay: the client connects while nothing listens at the target; the proxy
+    connects 0.5 s later, when the target is up, and what the client sent arrives."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    holder.close()
+    with FaultProxy(port) as proxy:
+        proxy.set_mode(Mode.PASS, connect_delay=0.5)
+        with _connect(proxy.port, timeout=5) as sock:
+            sock.sendall(b"early")
+            server = socket.socket()
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", port))
+            server.listen(1)
+            server.settimeout(5)
+            with server, server.accept()[0] as conn:
+                conn.settimeout(5)
+                assert _recv_exactly(conn, 5) == b"early"
+                conn.sendall(b"late")
+                assert _recv_exactly(sock, 4) == b"late"
+    assert proxy.stats.upstream_failures == 0

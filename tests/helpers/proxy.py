@@ -16,6 +16,10 @@ is accepted (``drop_all()`` ends the connections still held, e.g. black-holed on
   (RST: ``SO_LINGER`` on, timeout 0) and close upstream;
 * ``throttle`` — forward both ways at about ``rate`` bytes per second per direction.
 
+``set_mode(..., connect_delay=S)`` makes a forwarding mode (pass, stall, reset, throttle) wait
+*S* seconds after accepting before it connects to the target (the client's bytes wait in the
+socket meanwhile): the target need not be up when the client connects, only *S* s later.
+
 ``stats`` counts connections per mode, bytes forwarded and faults triggered, so a test can
 assert that the fault it meant to inject really happened.
 """
@@ -53,6 +57,7 @@ class Behaviour:
     mode: Mode = Mode.PASS
     after_bytes: int = 0
     rate: float = 0.0
+    connect_delay: float = 0.0
 
 
 @dataclass
@@ -110,6 +115,16 @@ class _Connection:
             self.proxy._count("blackholed")
             self._spawn(self._swallow)
             return
+        if self.behaviour.connect_delay > 0:
+            self._spawn(self._connect_later)
+            return
+        self._connect()
+
+    def _connect_later(self) -> None:
+        if not self.done.wait(self.behaviour.connect_delay):
+            self._connect()
+
+    def _connect(self) -> None:
         try:
             self.upstream = socket.create_connection(self.proxy.target, timeout=5)
         except OSError:
@@ -274,7 +289,14 @@ class FaultProxy:
 
     # -- control ---------------------------------------------------------------------
 
-    def set_mode(self, mode: Mode | str, *, after_bytes: int = 0, rate: float = 0.0) -> None:
+    def set_mode(
+        self,
+        mode: Mode | str,
+        *,
+        after_bytes: int = 0,
+        rate: float = 0.0,
+        connect_delay: float = 0.0,
+    ) -> None:
         """Switch the behaviour for connections accepted from now on."""
         mode = Mode(mode)
         if mode in (Mode.STALL, Mode.RESET) and after_bytes < 0:
@@ -282,7 +304,7 @@ class FaultProxy:
         if mode is Mode.THROTTLE and rate <= 0:
             raise ValueError("throttle needs a rate in bytes per second")
         with self._lock:
-            self.behaviour = Behaviour(mode, after_bytes, rate)
+            self.behaviour = Behaviour(mode, after_bytes, rate, connect_delay)
             if mode is Mode.REFUSE and self._listening:
                 # Stop listening but keep the port: a bound socket that does not listen makes
                 # the kernel refuse connections.
