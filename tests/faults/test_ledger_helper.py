@@ -4,6 +4,8 @@ oracle that cannot fail proves nothing. Built on a real store and index, no proc
 from __future__ import annotations
 
 import os
+from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from ctnode.config import StorageSettings
 from ctnode.db import migrate
 from ctnode.db.engine import create_db_engine, session_factory
-from ctnode.db.models import Instance
+from ctnode.db.models import Instance, InstanceCommitment
 from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE
+from ctnode.queue.commitment import CommitmentRepository
 from ctnode.queue.jobs import ItemOutcome, ItemState, JobKind, JobState, NewItem
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import RetryPolicy
@@ -132,4 +135,91 @@ def test_jobs_duplicates_and_peer(
     assert f"job {done.id} on node is queued, not final" in text
     assert "1 instance(s) are not at peer 'peer'" in text
     assert "1 duplicate(s) at 'peer', more than the bound of 0" in text
+    repo.engine.dispose()
+
+
+class _Copies:
+    """A peer view with fixed copies."""
+
+    def __init__(self, copies: dict[str, int]) -> None:
+        self._copies = Counter(copies)
+
+    def copies(self) -> Counter[str]:
+        return Counter(self._copies)
+
+
+def _finished(repo: JobRepository, kind: JobKind, items: list[NewItem], owner: str) -> int:
+    """A job of *kind* claimed by *owner*, its items succeeded, finished succeeded."""
+    job, _ = repo.submit(kind, "peer", {}, items, policy=RetryPolicy())
+    claimed = repo.claim(owner, "n")
+    assert claimed is not None and claimed.id == job.id
+    outcomes = [ItemOutcome(i.id, ItemState.SUCCEEDED) for i in repo.items(job.id)]
+    assert repo.record_items(job.id, owner, outcomes)
+    assert repo.finish(job.id, owner, JobState.SUCCEEDED)
+    return job.id
+
+
+def test_move_check(world: tuple[NodeView, Store, Any, list[Path]]) -> None:
+    """A succeeded move whose source holds an instance the node has not indexed is a problem,
+    and duplicate receptions at the node over the bound are counted and a problem."""
+    view, _, _, files = world
+    repo = JobRepository(create_db_engine(view.db_url))
+    job_id = _finished(repo, JobKind.MOVE, [], "me")
+    uids = {uid_of(p) for p in files}
+    ledger = _ledger(view, files)
+    ledger.add_receptions(_Copies(dict.fromkeys(uids, 1) | {uid_of(files[0]): 3}))
+    ledger.submitted(job_id, kind="move", uids=uids | {"1.2.3.999"}, max_duplicates=1)
+    with pytest.raises(AssertionError) as info:
+        ledger.verify()
+    text = str(info.value)
+    assert "1 instance(s) the source holds are not indexed on 'node', e.g. 1.2.3.999" in text
+    assert "2 duplicate reception(s) at 'node', more than the bound of 1" in text
+    repo.engine.dispose()
+
+
+def test_commit_check(world: tuple[NodeView, Store, Any, list[Path]]) -> None:
+    """A succeeded commit job with an instance that has no instance_commitments row, one the
+    peer does not hold (a lie), and a transaction of a final job left requested: all
+    problems."""
+    view, _, _, files = world
+    repo = JobRepository(create_db_engine(view.db_url))
+    items = [NewItem(CT_IMAGE, uid_of(p), EXPLICIT_VR_LE, str(p)) for p in files]
+    job, _ = repo.submit(JobKind.COMMIT, "peer", {}, items, policy=RetryPolicy())
+    assert repo.claim("me", "n") is not None
+    commits = CommitmentRepository(repo)
+    ids = [i.id for i in repo.items(job.id)]
+    assert commits.begin(
+        job.id,
+        "me",
+        transaction_uid="2.25.1",
+        peer="peer",
+        peer_ae_title="PEER",
+        item_ids=ids,
+        payload={},
+    )
+    assert commits.mark_requested(job.id, "me", "2.25.1", 60) is not None
+    outcomes = [ItemOutcome(i, ItemState.SUCCEEDED) for i in ids]
+    assert repo.record_items(job.id, "me", outcomes)
+    assert repo.finish(job.id, "me", JobState.SUCCEEDED)
+    uids = [uid_of(p) for p in files]
+    with repo.sessions() as session:
+        for uid in uids[:2]:
+            session.add(
+                InstanceCommitment(
+                    sop_instance_uid=uid,
+                    peer="peer",
+                    transaction_uid="2.25.1",
+                    committed_at=datetime.now(UTC),
+                )
+            )
+        session.commit()
+    ledger = _ledger(view, files)
+    ledger.add_peer("peer", _Copies({uids[0]: 1, uids[2]: 1}))
+    ledger.submitted(job.id, kind="commit", peer="peer", uids=uids)
+    with pytest.raises(AssertionError) as info:
+        ledger.verify()
+    text = str(info.value)
+    assert "transaction(s) ['2.25.1'] are still open or requested" in text
+    assert f"1 instance(s) have no instance_commitments row for 'peer', e.g. {uids[2]}" in text
+    assert f"1 instance(s) recorded as committed are not at peer 'peer', e.g. {uids[1]}" in text
     repo.engine.dispose()
