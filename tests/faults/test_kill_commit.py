@@ -21,8 +21,10 @@ What docs/commitment.md promises ("Restarts"), and this test asserts:
 * a round interrupted before the N-ACTION was confirmed (transaction ``open``) is replaced after
   the restart (the dead lease is expired, the attempt starts a new round; the old transaction is
   ``superseded``, or ``reported`` if its report still came);
-* a report that arrives after the restart is matched: in the ``restart`` phase the transaction
-  ends ``reported`` (when the restart took less than ``CONNECT_DELAY``);
+* a report that arrives after the restart is matched: in the ``restart`` phase a transaction
+  that was ``requested`` at the kill ends ``reported`` (when the restart took less than
+  ``CONNECT_DELAY``); one still ``open`` (killed between the N-ACTION-RSP and recording it) is
+  superseded by the new round the restarted node starts at once, and its report is late;
 * a report Orthanc tried to deliver while ctnode was dead is not sent again: the waiting job's
   deadline (``commit_timeout``, fired at the next start if it passed meanwhile) expires the
   transaction and the next round asks again with a new Transaction UID — never waiting for ever;
@@ -229,7 +231,11 @@ def commit_kill_rounds(
                         record.snapshots.append((phase, txs))
                         ledger.fault(f"kill -9 commit {phase}")
                         if delayed:
-                            awaiting = {u for u, s in txs.items() if s in ("open", "requested")}
+                            # Only a requested transaction must be matched: an open one (the
+                            # node died before it recorded that the N-ACTION was accepted) is
+                            # superseded by the round the restarted node starts at once, and
+                            # its report then arrives late.
+                            awaiting = {u for u, s in txs.items() if s == "requested"}
                             pending_restart = (current, awaiting)
                     else:
                         ledger.fault("kill -9 (idle)")
