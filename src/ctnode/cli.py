@@ -475,7 +475,7 @@ def push(
     from ctnode.peers import load_peers
     from ctnode.queue.jobs import JobKind, NewItem
     from ctnode.queue.retry import RetryPolicy
-    from ctnode.scu.push import collect_files
+    from ctnode.scu.files import collect_files
 
     settings = settings_of(ctx)
     target = load_peers(settings.peers_dir).get(peer)
@@ -616,7 +616,7 @@ def commit(
     from ctnode.peers import load_peers
     from ctnode.queue.jobs import JobKind
     from ctnode.scu.commit import commit_policy, items_from_push_job, items_from_store
-    from ctnode.scu.push import collect_files
+    from ctnode.scu.files import collect_files
 
     settings = settings_of(ctx)
     target = load_peers(settings.peers_dir).get(peer)
