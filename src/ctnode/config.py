@@ -133,6 +133,11 @@ class StorageSettings(_Model):
         """``<data_dir>/quarantine``."""
         return self.data_dir / "quarantine"
 
+    @property
+    def run_dir(self) -> Path:
+        """``<data_dir>/run``: the running node's wake socket (``wake.sock``)."""
+        return self.data_dir / "run"
+
 
 class DatabaseSettings(_Model):
     """Where the index and the job queue live."""

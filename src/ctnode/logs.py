@@ -86,6 +86,11 @@ def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -
 
 
 def _quiet_pynetdicom_identifiers(log_identifiers: bool) -> None:
+    """pynetdicom's own identifier logging follows ours. Only when pynetdicom is loaded
+    (``ctnode run`` loads it before configuring logs): ctnode's networking is its own, and
+    short commands should not pay for importing pynetdicom."""
+    if "pynetdicom" not in sys.modules:
+        return
     from pynetdicom import _config
 
     _config.LOG_REQUEST_IDENTIFIERS = log_identifiers

@@ -30,3 +30,13 @@ def test_upgrade_matches_models_and_downgrade_empties(db_url: str) -> None:
         assert not migrate.is_at_head(engine)
     finally:
         engine.dispose()
+
+
+def test_head_revision_constant_is_the_newest_script(tmp_path: object) -> None:
+    """``migrate.HEAD_REVISION`` (the fast "already at head" check) names the newest script:
+    update it with every new migration."""
+    engine = create_db_engine("sqlite://")
+    try:
+        assert migrate.head_revision(engine) == migrate.HEAD_REVISION
+    finally:
+        engine.dispose()

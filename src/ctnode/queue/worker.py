@@ -41,6 +41,9 @@ from ctnode.queue.retry import GiveUp, RetryPolicy, decide
 
 log = get_logger("ctnode.queue")
 
+#: Most jobs (and followers per job) the pool keeps follow notifications for.
+MAX_WATCHERS = 256
+
 
 class Outcome(StrEnum):
     """How an attempt ended."""
@@ -200,12 +203,33 @@ class WorkerPool:
         self.attempts_finished = 0
         #: Told (kind, outcome) after every attempt (metrics).
         self.on_attempt = on_attempt
+        #: Told (job id, follower addresses) when an attempt of a watched job ended.
+        self.on_concluded: Callable[[int, list[bytes]], None] | None = None
+        self._watchers: dict[int, set[bytes]] = {}
 
     # -- control -------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """New work may be available (in-process submitters)."""
+        """New work may be available (in-process submitters, the wake channel)."""
         self._wake.set()
+
+    def watch(self, job_id: int, address: bytes) -> None:
+        """Tell *address* (through ``on_concluded``) when the next attempt of *job_id* in this
+        process ends. Bounded: beyond MAX_WATCHERS jobs the oldest watch is forgotten (jobs
+        another node runs are never concluded here); a forgotten follower still polls."""
+        if job_id not in self._watchers and len(self._watchers) >= MAX_WATCHERS:
+            del self._watchers[next(iter(self._watchers))]
+        addresses = self._watchers.setdefault(job_id, set())
+        if len(addresses) < MAX_WATCHERS:
+            addresses.add(address)
+
+    def _concluded(self, job_id: int) -> None:
+        addresses = self._watchers.pop(job_id, None)
+        if addresses and self.on_concluded is not None:
+            try:
+                self.on_concluded(job_id, sorted(addresses))
+            except Exception as exc:  # best effort: followers also poll
+                log.warning("queue.notify_failed", job=job_id, error=str(exc))
 
     @property
     def busy(self) -> int:
@@ -287,6 +311,7 @@ class WorkerPool:
             finally:
                 self._active_peers[job.peer] -= 1
                 self._wake.set()  # a peer slot was freed
+                self._concluded(job.id)
 
     async def _claim(self) -> Job | None:
         async with self._claim_lock:
