@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from ctnode import __version__
+from ctnode import config as config_module
 from ctnode.config import LoggingSettings, Settings, load_settings
 from ctnode.errors import (
     AssociationAborted,
@@ -26,7 +27,6 @@ from ctnode.errors import (
     PeerUnreachable,
     PermanentError,
 )
-from ctnode.logs import configure_logging
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -86,7 +86,15 @@ def settings_of(ctx: typer.Context, *, quiet_logs: bool = True) -> Settings:
     settings = load_settings(state.config)
     if quiet_logs:
         level = "DEBUG" if os.environ.get("CTNODE_DEBUG") else "WARNING"
-        configure_logging(LoggingSettings(level=level, format=settings.logging.format))
+        quiet = LoggingSettings(level=level, format=settings.logging.format)
+        if "ctnode.logs" in sys.modules:
+            from ctnode.logs import configure_logging
+
+            configure_logging(quiet)
+        else:
+            # structlog (with rich) takes a tenth of a second to import, and most commands
+            # never log: ctnode.logs applies this when (if) a module that logs is imported.
+            config_module.deferred_logging = quiet
     return settings
 
 
@@ -121,6 +129,7 @@ def run(ctx: typer.Context) -> None:
     global _quick_exit
     _quick_exit = False  # the node shuts down in order; let the interpreter finish normally
     from ctnode import daemon
+    from ctnode.logs import configure_logging
 
     settings = settings_of(ctx, quiet_logs=False)
     configure_logging(settings.logging)
