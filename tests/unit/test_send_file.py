@@ -99,3 +99,32 @@ def test_short_file_raises_and_aborts(tmp_path: Path) -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_objects_of_varying_sizes_on_one_association(tmp_path: Path) -> None:
+    """Big, small, big again on one requestor (the buffer's headers are reused): each object
+    arrives intact."""
+    ours, theirs = socket.socketpair()
+    req = _requestor(ours, 16384)
+    try:
+        for i, length in enumerate([600_000, 20_000, 1, 16378 * 40, 700_001]):
+            payload = os.urandom(length)
+            path = tmp_path / f"{i}.bin"
+            path.write_bytes(payload)
+            out: dict[str, object] = {}
+            reader = threading.Thread(target=_collect, args=(theirs, out))
+            reader.start()
+            req.send(
+                1 + 2 * (i % 2),
+                {"CommandField": 1, "MessageID": i + 1},
+                FileSegment(str(path), 0, length),
+            )
+            reader.join(30)
+            assert "error" not in out, out.get("error")
+            assert out["data"] == payload, length
+            pdus = out["pdus"]
+            assert isinstance(pdus, list)
+            assert {context for context, _ in pdus} == {1 + 2 * (i % 2)}
+    finally:
+        ours.close()
+        theirs.close()

@@ -186,6 +186,9 @@ class Requestor:
         self._pdu_buf = bytearray()
         self._layout: list[memoryview] = []
         self._layout_key: tuple[int, int] | None = None
+        #: (context id, PDU data size) of the full headers in slots [0, _headers_valid).
+        self._headers_key: tuple[int, int] | None = None
+        self._headers_valid = 0
         self.released = False
         #: Called for a request the peer sends us on this association (e.g. N-EVENT-REPORT).
         self.on_request: Callable[[Message], dict[str, object] | None] | None = None
@@ -415,9 +418,13 @@ class Requestor:
                 offset += want
                 remaining -= want
                 count = full + (1 if tail else 0)
-                # Headers: every PDU of the window but the last is full and not last.
-                for i in range(count - 1):
+                # Every PDU of the window but the last is full and not last: those headers are
+                # the same for every object on this context, so they are written only once.
+                if self._headers_key != (context_id, size):
+                    self._headers_key, self._headers_valid = (context_id, size), 0
+                for i in range(self._headers_valid, count - 1):
                     _HEADER_FULL.pack_into(out, i * stride, *self._full_header(context_id, size))
+                self._headers_valid = count - 1  # the last slot's header differs
                 last_length = tail or size
                 out[(count - 1) * stride : (count - 1) * stride + 12] = P.pdata_header(
                     context_id, False, remaining == 0, last_length
@@ -437,6 +444,7 @@ class Requestor:
             out = memoryview(self._pdu_buf)
             self._layout = [out[i * stride + 12 : (i + 1) * stride] for i in range(per_window)]
             self._layout_key = (size, per_window)
+            self._headers_key = None
         return self._layout
 
     @staticmethod
