@@ -20,6 +20,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -198,6 +199,12 @@ class WorkerPool:
         self._active_peers: Counter[str] = Counter()
         self._claim_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        #: Idle polling is shared: once a claim found nothing, the other idle workers skip
+        #: their timed claims for a poll interval (one claim per interval, not one per idle
+        #: worker, so idle workers do not compete with running attempts for the database and
+        #: the GIL); a wake, a freed peer slot or a successful claim lifts that at once.
+        self._last_empty = -float("inf")
+        self._claim_now = True
         self._stopping = False
         self._running: dict[int, StopFlag] = {}
         self.attempts_finished = 0
@@ -211,6 +218,7 @@ class WorkerPool:
 
     def wake(self) -> None:
         """New work may be available (in-process submitters, the wake channel)."""
+        self._claim_now = True
         self._wake.set()
 
     def watch(self, job_id: int, address: bytes) -> None:
@@ -300,7 +308,8 @@ class WorkerPool:
                 log.warning("queue.claim_failed", error=str(exc).splitlines()[0])
                 job = None
             if job is None:
-                self._wake.clear()
+                if not self._claim_now:  # else a wake came during the claim: look again
+                    self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
                 continue
@@ -310,13 +319,17 @@ class WorkerPool:
                 log.exception("queue.worker_error", job=job.id, error=str(exc).splitlines()[0])
             finally:
                 self._active_peers[job.peer] -= 1
-                self._wake.set()  # a peer slot was freed
+                self.wake()  # a peer slot was freed
                 self._concluded(job.id)
 
     async def _claim(self) -> Job | None:
         async with self._claim_lock:
             if self._stopping:
                 return None
+            since_empty = time.monotonic() - self._last_empty
+            if not self._claim_now and since_empty < self.settings.poll_interval * 0.9:
+                return None  # another idle worker just found nothing
+            self._claim_now = False
             registry = self.peers()
             full = [
                 name
@@ -332,6 +345,10 @@ class WorkerPool:
             )
             if job is not None:
                 self._active_peers[job.peer] += 1
+                self._claim_now = True  # there may be more: the next idle worker looks too
+                self._wake.set()
+            else:
+                self._last_empty = time.monotonic()
             return job
 
     @staticmethod
