@@ -192,8 +192,8 @@ class QueueSettings(_Model):
     workers: Annotated[int, Field(ge=1, le=256)] = 4
     #: A claimed job's lease; renewed every third of it while the job runs.
     lease_seconds: Annotated[float, Field(ge=2)] = 60
-    #: How often an idle worker looks for work (a job submitted on this host, or in-process,
-    #: wakes it at once through the wake socket, ``<data_dir>/run/wake.sock``).
+    #: How often the idle workers look for work (one claim per interval between them); a job
+    #: submitted on this host wakes them at once through ``<data_dir>/run/wake.sock``.
     poll_interval: Annotated[float, Field(gt=0)] = 0.5
     retry: RetrySettings = RetrySettings()
 
