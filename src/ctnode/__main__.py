@@ -1,5 +1,5 @@
 """``python -m ctnode`` runs the CLI."""
 
-from ctnode.cli import main
+from ctnode.cli import entry
 
-raise SystemExit(main())
+entry()

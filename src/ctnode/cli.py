@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from ctnode import __version__
+from ctnode import config as config_module
 from ctnode.config import LoggingSettings, Settings, load_settings
 from ctnode.errors import (
     AssociationAborted,
@@ -25,7 +27,6 @@ from ctnode.errors import (
     PeerUnreachable,
     PermanentError,
 )
-from ctnode.logs import configure_logging
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -85,7 +86,15 @@ def settings_of(ctx: typer.Context, *, quiet_logs: bool = True) -> Settings:
     settings = load_settings(state.config)
     if quiet_logs:
         level = "DEBUG" if os.environ.get("CTNODE_DEBUG") else "WARNING"
-        configure_logging(LoggingSettings(level=level, format=settings.logging.format))
+        quiet = LoggingSettings(level=level, format=settings.logging.format)
+        if "ctnode.logs" in sys.modules:
+            from ctnode.logs import configure_logging
+
+            configure_logging(quiet)
+        else:
+            # structlog (with rich) takes a tenth of a second to import, and most commands
+            # never log: ctnode.logs applies this when (if) a module that logs is imported.
+            config_module.deferred_logging = quiet
     return settings
 
 
@@ -117,7 +126,10 @@ def version() -> None:
 @app.command()
 def run(ctx: typer.Context) -> None:
     """Run the node (SCP on node.port, job workers) until SIGTERM or SIGINT."""
+    global _quick_exit
+    _quick_exit = False  # the node shuts down in order; let the interpreter finish normally
     from ctnode import daemon
+    from ctnode.logs import configure_logging
 
     settings = settings_of(ctx, quiet_logs=False)
     configure_logging(settings.logging)
@@ -248,8 +260,8 @@ def db_upgrade(ctx: typer.Context) -> None:
 
 
 def _with_session(settings: Settings, work: Callable[[Any], T]) -> T:
-    from ctnode.daemon import open_database
     from ctnode.db.engine import session_factory
+    from ctnode.db.opening import open_database
 
     engine = open_database(settings, migrate_sqlite=True)
     try:
@@ -421,23 +433,47 @@ app.add_typer(jobs_app, name="jobs")
 
 def open_repo(settings: Settings) -> Any:
     """A JobRepository on the configured database (migrated when it is SQLite)."""
-    from ctnode.daemon import open_database
+    from ctnode.db.opening import open_database
     from ctnode.queue.repository import JobRepository
 
     engine = open_database(settings, migrate_sqlite=True)
     return JobRepository(engine, lease_seconds=settings.queue.lease_seconds)
 
 
+def wake_address(settings: Settings) -> Any:
+    """The local node's wake channel (see ``ctnode.queue.wakeup``)."""
+    from ctnode.queue.wakeup import wake_address as address
+
+    return address(settings.storage.run_dir)
+
+
+def wake_node(settings: Settings, job_id: int) -> None:
+    """Tell the local node (if it runs) that *job_id* was just committed: it starts now
+    instead of at its next poll. Silent when nobody listens."""
+    from ctnode.queue.wakeup import poke
+
+    poke(wake_address(settings), job_id)
+
+
 def finish_job_command(
-    repo: Any, job_id: int, *, wait: bool, as_json: bool, extra: dict[str, Any] | None = None
+    settings: Settings,
+    repo: Any,
+    job_id: int,
+    *,
+    wait: bool,
+    as_json: bool,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Print the job id (or JSON); with *wait*, follow it and exit 0 only if it succeeded."""
+    """Print the job id (or JSON); with *wait*, follow it and exit 0 only if it succeeded.
+    The node is woken either way (following wakes it too)."""
     from ctnode.follow import describe, follow
     from ctnode.queue.jobs import JobState
 
-    job = repo.get(job_id)
     if wait:
-        job = follow(repo, job_id)
+        job = follow(repo, job_id, wake=wake_address(settings))
+    else:
+        wake_node(settings, job_id)
+        job = repo.get(job_id)
     if as_json:
         emit_json({**job.to_json(), **(extra or {})})
     elif wait:
@@ -471,11 +507,10 @@ def push(
     as_json: JsonOpt = False,
 ) -> None:
     """Queue a C-STORE of files, directories or a local study/series to PEER; prints the job id."""
-    from ctnode.index import list_instances
     from ctnode.peers import load_peers
     from ctnode.queue.jobs import JobKind, NewItem
     from ctnode.queue.retry import RetryPolicy
-    from ctnode.scu.push import collect_files
+    from ctnode.scu.files import collect_files
 
     settings = settings_of(ctx)
     target = load_peers(settings.peers_dir).get(peer)
@@ -495,6 +530,8 @@ def push(
         skipped = [{"path": s.path, "reason": s.reason} for s in skips]
         source: dict[str, Any] = {"source": "files", "paths": [str(p) for p in paths][:100]}
     else:
+        from ctnode.index import list_instances
+
         with repo.sessions() as session:
             rows = list_instances(session, study=study, series=series)
         root = settings.storage.store_dir.absolute()
@@ -528,9 +565,11 @@ def push(
     if not created:
         typer.echo(f"ctnode: job {job.id} already exists for this idempotency key", err=True)
     if commit_after and wait:
-        finish_push_and_commit(repo, job.id, as_json=as_json, extra={"skipped": skipped})
+        finish_push_and_commit(settings, repo, job.id, as_json=as_json, extra={"skipped": skipped})
         return
-    finish_job_command(repo, job.id, wait=wait, as_json=as_json, extra={"skipped": skipped})
+    finish_job_command(
+        settings, repo, job.id, wait=wait, as_json=as_json, extra={"skipped": skipped}
+    )
 
 
 # ---------------------------------------------------------------- storage commitment
@@ -551,16 +590,17 @@ def check_commit_peer(target: Any) -> None:
 
 
 def finish_push_and_commit(
-    repo: Any, push_id: int, *, as_json: bool, extra: dict[str, Any]
+    settings: Settings, repo: Any, push_id: int, *, as_json: bool, extra: dict[str, Any]
 ) -> None:
     """``push --commit --wait``: follow the push, then its commit job; exit 0 only if every
     instance was delivered and committed."""
     from ctnode.follow import describe, follow
     from ctnode.queue.jobs import JobState
 
-    pushed = follow(repo, push_id)
+    wake = wake_address(settings)
+    pushed = follow(repo, push_id, wake=wake)
     commit_id = (pushed.result or {}).get("commit_job")
-    committed = follow(repo, int(commit_id)) if commit_id is not None else None
+    committed = follow(repo, int(commit_id), wake=wake) if commit_id is not None else None
     if as_json:
         emit_json(
             {**pushed.to_json(), **extra, "commit": committed.to_json() if committed else None}
@@ -616,7 +656,7 @@ def commit(
     from ctnode.peers import load_peers
     from ctnode.queue.jobs import JobKind
     from ctnode.scu.commit import commit_policy, items_from_push_job, items_from_store
-    from ctnode.scu.push import collect_files
+    from ctnode.scu.files import collect_files
 
     settings = settings_of(ctx)
     target = load_peers(settings.peers_dir).get(peer)
@@ -668,7 +708,7 @@ def commit(
         typer.echo(
             f"ctnode: job {created_job.id} already exists for this idempotency key", err=True
         )
-    finish_job_command(repo, created_job.id, wait=wait, as_json=as_json)
+    finish_job_command(settings, repo, created_job.id, wait=wait, as_json=as_json)
 
 
 @jobs_app.command("list")
@@ -775,8 +815,10 @@ def jobs_show(
 @jobs_app.command("retry")
 def jobs_retry(ctx: typer.Context, job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     """Run a failed or cancelled job again (failed items only)."""
-    repo = open_repo(settings_of(ctx))
+    settings = settings_of(ctx)
+    repo = open_repo(settings)
     job = repo.retry(job_id)
+    wake_node(settings, job.id)
     typer.echo(f"job {job.id} queued again ({job.items.pending} item(s) pending)")
 
 
@@ -934,12 +976,13 @@ def query(
         priority=priority,
     )
     if not wait:
+        wake_node(settings, job.id)
         if as_json:
             emit_json(job.to_json())
         else:
             typer.echo(job.id)
         return
-    job = follow(repo, job.id)
+    job = follow(repo, job.id, wake=wake_address(settings))
     if job.state is not JobState.SUCCEEDED:
         fail(f"job {job.id} {job.state.value}: {job.last_error or 'no result'}")
     result = job.result or {}
@@ -1012,8 +1055,10 @@ def move(
     )
     if not created:
         typer.echo(f"ctnode: job {job.id} already exists for this idempotency key", err=True)
+    else:
+        wake_node(settings, job.id)
     if wait:
-        job = follow(repo, job.id)
+        job = follow(repo, job.id, wake=wake_address(settings))
         mismatch = (job.result or {}).get("arrival_mismatch")
         if isinstance(mismatch, dict) and mismatch.get("message"):
             typer.echo(f"ctnode: warning: {mismatch['message']}", err=True)
@@ -1028,6 +1073,27 @@ def move(
 
 
 # ---------------------------------------------------------------- entry point
+
+#: Whether ``entry`` may end the process without tearing the interpreter down (every command
+#: but ``run``).
+_quick_exit = True
+
+
+def entry() -> NoReturn:
+    """The ``ctnode`` program: ``main``, then exit.
+
+    A short command has nothing left to do once ``main`` returns: its output is flushed, its
+    database writes are committed, logging is shut down. Tearing down the interpreter (freeing
+    every module of SQLAlchemy, pydantic...) would add a good tenth of a second to every
+    command, so the process ends at once — except for ``run``, which exits normally.
+    """
+    code = main()
+    if _quick_exit:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    raise SystemExit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,8 +22,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from ctnode.commitment import Reconciler, Retention
 from ctnode.config import Settings
 from ctnode.db import migrate
-from ctnode.db.engine import create_db_engine, is_sqlite, session_factory
-from ctnode.errors import ConfigError, DatabaseError, SchemaNotAtHead
+from ctnode.db.engine import session_factory
+from ctnode.db.opening import open_database
+from ctnode.dicom.contexts import storage_classes
+from ctnode.errors import ConfigError
 from ctnode.logs import get_logger
 from ctnode.metrics import (
     HealthServer,
@@ -39,6 +41,7 @@ from ctnode.pools import prewarm
 from ctnode.queue.commitment import CommitmentRepository
 from ctnode.queue.jobs import JobKind
 from ctnode.queue.repository import JobRepository
+from ctnode.queue.wakeup import WakeListener
 from ctnode.queue.worker import Operation, WorkerPool
 from ctnode.scp.handlers import ScpApplication
 from ctnode.scp.server import ScpServer
@@ -52,6 +55,12 @@ from ctnode.supervisor import QueueFigures, Supervisor
 from ctnode.tls import server_context
 
 log = get_logger("ctnode.daemon")
+
+# The storage SOP classes are built on first use (from pynetdicom's list): build them now, so
+# that neither the first association nor logging configured after this import waits for them.
+storage_classes()
+
+__all__ = ["open_database", "run"]
 
 
 class PeerHolder:
@@ -68,38 +77,6 @@ class PeerHolder:
         """Swap in a new, already validated registry."""
         with self._lock:
             self._registry = registry
-
-
-def open_database(settings: Settings, *, migrate_sqlite: bool) -> Engine:
-    """Engine for the configured database, checked to be at the schema head.
-
-    SQLite is migrated automatically when *migrate_sqlite*; PostgreSQL never is (an operator
-    runs ``ctnode db upgrade``, so several nodes do not race to migrate).
-    """
-    engine = create_db_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
-    try:
-        if is_sqlite(engine) and migrate_sqlite:
-            before = migrate.current_revision(engine)
-            migrate.upgrade(engine)
-            after = migrate.current_revision(engine)
-            if after != before:
-                log.info("db.migrated", from_revision=before, to_revision=after)
-        elif not migrate.is_at_head(engine):
-            engine.dispose()
-            raise SchemaNotAtHead(
-                f"the database at {engine.url.render_as_string(hide_password=True)} is at "
-                f"revision {migrate.current_revision(engine)!r}, not "
-                f"{migrate.head_revision(engine)!r}: run `ctnode db upgrade`"
-            )
-    except SchemaNotAtHead:
-        raise
-    except Exception as exc:
-        engine.dispose()
-        raise DatabaseError(
-            f"cannot use the database {engine.url.render_as_string(hide_password=True)}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from exc
-    return engine
 
 
 @dataclass
@@ -265,6 +242,7 @@ async def supervise(
         )
         health.start()
         log.info("metrics.listening", bind=settings.metrics.bind, port=health.port)
+    wake = _open_wake_channel(runtime)  # before daemon.ready: scripts submit right after it
     log.info(
         "daemon.ready",
         ae_title=settings.node.ae_title,
@@ -309,11 +287,38 @@ async def supervise(
         await asyncio.wait_for(workers, settings.node.shutdown_grace)
     except TimeoutError:
         log.warning("daemon.workers_grace_expired", running_jobs=runtime.workers.busy)
+    if wake is not None:
+        asyncio.get_running_loop().remove_reader(wake.fileno())
+        wake.close()
     if health is not None:
         health.stop()
     runtime.engine.dispose()
     log.info("daemon.stopped")
     return 0
+
+
+def _open_wake_channel(runtime: Runtime) -> WakeListener | None:
+    """Listen on ``<data_dir>/run/wake.sock``: a CLI that committed a job wakes the idle
+    workers at once, and a follower is told when an attempt of its job ends. Without it (bind
+    failed) the node works by polling alone."""
+    workers = runtime.workers
+
+    def on_job(job_id: int, follower: bytes | None) -> None:
+        if follower is not None:
+            workers.watch(job_id, follower)
+        workers.wake()
+
+    listener = WakeListener(runtime.settings.storage.run_dir, on_job)
+    if not listener.open():
+        log.warning(
+            "queue.wake_channel_unavailable",
+            address=str(listener.address),
+            detail="submitted jobs start at the next poll (queue.poll_interval)",
+        )
+        return None
+    asyncio.get_running_loop().add_reader(listener.fileno(), listener.drain)
+    workers.on_concluded = listener.notify
+    return listener
 
 
 def run(settings: Settings) -> int:

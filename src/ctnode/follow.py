@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from ctnode.queue.jobs import Job, JobKind, JobState
 from ctnode.queue.repository import JobRepository
+from ctnode.queue.wakeup import Address, FollowChannel, poke
 
 #: How long a job may stay queued with no live node before the user is told.
 NO_NODE_WARNING_AFTER = 5.0
@@ -48,9 +50,51 @@ def follow(
     interval: float = 0.5,
     out: TextIO | None = None,
     timeout: float | None = None,
+    wake: Address | None = None,
 ) -> Job:
-    """Poll *job_id* until *until* holds; show progress; returns the last job seen."""
-    out = out or sys.stderr
+    """Poll *job_id* until *until* holds; show progress; returns the last job seen.
+
+    With *wake* (the node's wake address), the local node is asked to say when an attempt of
+    the job ends, and the job is read again at once then instead of at the next poll.
+    """
+    with _waiter(job_id, wake) as wait:
+        return _follow(repo, job_id, until, interval, out or sys.stderr, timeout, wait)
+
+
+@contextmanager
+def _waiter(job_id: int, wake: Address | None) -> Iterator[Callable[[float], object]]:
+    """A sleep for the follow loop: plain, or cut short by the node's notification."""
+    if wake is None:
+        yield time.sleep
+        return
+    with FollowChannel() as channel:
+        if channel.sock is None:
+            yield time.sleep
+            return
+        reply = channel.address
+        poke(wake, job_id, reply)  # before the first read: no attempt can end unseen
+        rearm = False
+
+        def wait(seconds: float) -> bool:
+            nonlocal rearm
+            if rearm:  # the job was read after the notification and is not over: next attempt
+                poke(wake, job_id, reply)
+                rearm = False
+            rearm = channel.wait(seconds)
+            return rearm
+
+        yield wait
+
+
+def _follow(
+    repo: JobRepository,
+    job_id: int,
+    until: Callable[[Job], bool],
+    interval: float,
+    out: TextIO,
+    timeout: float | None,
+    sleep: Callable[[float], object],
+) -> Job:
     started = time.monotonic()
     # Poll often at first (short jobs end quickly), then every *interval*.
     pause = min(interval, 0.05)
@@ -80,7 +124,7 @@ def follow(
                 warned = _warn_no_node(repo, job, started, warned, out)
                 if until(job) or _timed_out(started, timeout):
                     return job
-                time.sleep(pause)
+                sleep(pause)
                 pause = min(interval, pause * 1.5)
     last = ""
     while True:
@@ -92,7 +136,7 @@ def follow(
         warned = _warn_no_node(repo, job, started, warned, out)
         if until(job) or _timed_out(started, timeout):
             return job
-        time.sleep(pause)
+        sleep(pause)
         pause = min(interval, pause * 1.5)
 
 

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from ctnode import config
 from ctnode.config import LogFormat, LoggingSettings
 
 IDENTIFIER_KEYS = frozenset({"patient_name", "patient_id", "PatientName", "PatientID"})
@@ -86,6 +87,11 @@ def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -
 
 
 def _quiet_pynetdicom_identifiers(log_identifiers: bool) -> None:
+    """pynetdicom's own identifier logging follows ours. Only when pynetdicom is loaded
+    (``ctnode run`` loads it before configuring logs): ctnode's networking is its own, and
+    short commands should not pay for importing pynetdicom."""
+    if "pynetdicom" not in sys.modules:
+        return
     from pynetdicom import _config
 
     _config.LOG_REQUEST_IDENTIFIERS = log_identifiers
@@ -95,3 +101,10 @@ def _quiet_pynetdicom_identifiers(log_identifiers: bool) -> None:
 def get_logger(name: str) -> Any:
     """A structlog logger for *name*."""
     return structlog.stdlib.get_logger(name)
+
+
+# A short CLI command defers configuring logs until a module that logs is imported (importing
+# structlog is not free): that is now.
+if config.deferred_logging is not None:
+    configure_logging(config.deferred_logging)
+    config.deferred_logging = None

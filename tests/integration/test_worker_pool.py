@@ -182,3 +182,57 @@ def test_a_worker_survives_an_unexpected_error(
 
     asyncio.run(scenario())
     assert repo.get(first).state is JobState.RUNNING  # the bug left it; the worker went on
+
+
+class CountingRepository(JobRepository):
+    """Counts claims."""
+
+    claims = 0
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        self.claims += 1
+        return super().claim(*args, **kwargs)
+
+
+def test_idle_workers_share_polling_and_wake_at_once(tmp_path: Path) -> None:
+    """Four idle workers claim about once per poll interval between them (not four times),
+    and a wake makes a job submitted meanwhile start at once, well before the next poll."""
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'q.db'}", busy_timeout=1)
+    migrate.upgrade(engine)
+    repo = CountingRepository(engine, lease_seconds=60)
+    write_yaml(
+        tmp_path / "peers" / "peer.yaml", {"ae_title": "PEER", "host": "127.0.0.1", "port": 1}
+    )
+    registry = load_peers(tmp_path / "peers")
+    operation = Quick()
+    operation.attempts = 1  # the next attempt succeeds
+    settings = QueueSettings(workers=4, poll_interval=0.2, lease_seconds=60)
+    pool = WorkerPool(repo, settings, lambda: registry, {JobKind.PUSH: operation}, node_name="n")
+
+    async def scenario() -> tuple[int, float]:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(pool.run(stop))
+        await asyncio.sleep(0.3)  # start-up claims
+        before = repo.claims
+        await asyncio.sleep(2.0)
+        idle_claims = repo.claims - before
+        settings_long = QueueSettings(workers=4, poll_interval=30, lease_seconds=60)
+        pool.settings = settings_long  # from now on only a wake can start a job quickly
+        await asyncio.sleep(0.5)
+        job, _ = repo.submit(JobKind.PUSH, "peer", {}, policy=RetryPolicy(max_attempts=3))
+        started = asyncio.get_running_loop().time()
+        pool.wake()
+        while repo.get(job.id).state is not JobState.SUCCEEDED:
+            await asyncio.sleep(0.02)
+            assert asyncio.get_running_loop().time() - started < 5
+        elapsed = asyncio.get_running_loop().time() - started
+        stop.set()
+        await runner
+        return idle_claims, elapsed
+
+    try:
+        idle_claims, elapsed = asyncio.run(scenario())
+    finally:
+        engine.dispose()
+    assert idle_claims <= 16  # ~10 expected at one claim per 0.2 s; 40 if each worker polled
+    assert elapsed < 2

@@ -6,11 +6,10 @@ is set membership, never a copy of context objects.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-
-from pynetdicom import sop_class as _sop
 
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
@@ -35,10 +34,22 @@ SCANNER_CLASSES: dict[str, str] = {
     "Positron Emission Tomography Image Storage": PET_IMAGE,
 }
 
-#: Every standard storage SOP class pynetdicom knows (CT, MR, PET, enhanced, SC, the SR family...).
-STORAGE_CLASSES: frozenset[str] = frozenset(_sop._STORAGE_CLASSES.values()) | frozenset(
-    SCANNER_CLASSES.values()
-)
+
+@functools.cache
+def storage_classes() -> frozenset[str]:
+    """Every standard storage SOP class pynetdicom knows (CT, MR, PET, enhanced, SC, the SR
+    family...) and the scanner's. Built on first use: importing pynetdicom takes a good part of
+    a second, which short CLI commands that never negotiate should not pay."""
+    from pynetdicom import sop_class as _sop
+
+    return frozenset(_sop._STORAGE_CLASSES.values()) | frozenset(SCANNER_CLASSES.values())
+
+
+def __getattr__(name: str) -> frozenset[str]:
+    """``STORAGE_CLASSES``: ``storage_classes()``, built on first access."""
+    if name == "STORAGE_CLASSES":
+        return storage_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -103,7 +114,7 @@ def service_for(abstract_syntax: str) -> Service | None:
     """The inbound service an abstract syntax belongs to, or None if ctnode does not offer it."""
     if abstract_syntax == VERIFICATION:
         return Service.ECHO
-    if abstract_syntax in STORAGE_CLASSES:
+    if abstract_syntax in storage_classes():
         return Service.STORE
     if abstract_syntax == STORAGE_COMMITMENT_PUSH:
         return Service.COMMITMENT_REPORT

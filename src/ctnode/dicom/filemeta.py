@@ -1,11 +1,13 @@
-"""Encode a DICOM file preamble and File Meta Information group (PS3.10 7.1). Pure."""
+"""Encode, and read strictly, a DICOM file preamble and File Meta Information group (PS3.10
+7.1). Pure but for ``read_file_meta``, which reads from an open file."""
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
+from typing import BinaryIO
 
 from ctnode.dicom.uids import ae_title_problem
-from ctnode.ul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 PREAMBLE = bytes(128) + b"DICM"
 
@@ -33,6 +35,8 @@ def file_meta(
     title: a caller on an open node can call itself anything (non-ASCII bytes, control
     characters, backslashes), and none of that belongs in a stored file.
     """
+    from ctnode.ul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
     if source_ae_title is not None and ae_title_problem(source_ae_title) is not None:
         source_ae_title = None
     body = b"".join(
@@ -62,3 +66,104 @@ def read_meta_length(head: bytes) -> int:
         raise ValueError("file meta information has no group length")
     (group_length,) = struct.unpack_from("<L", head, 140)
     return 144 + int(group_length)
+
+
+# ------------------------------------------------------------------ reading
+
+
+#: VRs whose explicit-VR encoding has a 2-byte reserved field and a 4-byte length.
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+
+#: Bytes read first when probing a file: the file meta of real files is a few hundred bytes.
+PROBE_BYTES = 4096
+
+
+class NotPart10(ValueError):
+    """The bytes do not start with a 128-byte preamble and ``DICM``: not a Part 10 file."""
+
+
+class IrregularMeta(ValueError):
+    """The file meta group is not in the plain, common form this reader accepts (no group
+    length, truncated, undefined or overlong lengths, an implicit VR, elements past the group
+    length...). Such a file may still be readable by a lenient reader."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileMeta:
+    """What a push needs from a Part 10 file's meta group (values as in the file, unpadded;
+    an element absent from the file is ``""``)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    #: Offset of the data set: 132 + the length of the meta group.
+    dataset_offset: int
+
+
+def meta_end(head: bytes) -> int:
+    """Where the meta group of the file starting with *head* ends, by its group length
+    (``PROBE_BYTES`` of the file's start are enough unless the group is unusually long).
+
+    Raises NotPart10 or IrregularMeta.
+    """
+    if len(head) < 132 or head[128:132] != b"DICM":
+        raise NotPart10("not a DICOM Part 10 file (no DICM prefix)")
+    if len(head) < 144:
+        raise IrregularMeta("file meta information is truncated")
+    group, element, vr, length = struct.unpack_from("<HH2sH", head, 132)
+    if (group, element, vr, length) != (0x0002, 0x0000, b"UL", 4):
+        raise IrregularMeta("file meta information does not start with its group length")
+    (group_length,) = struct.unpack_from("<L", head, 140)
+    return 144 + int(group_length)
+
+
+def parse_file_meta(data: bytes) -> FileMeta:
+    """The meta group of a Part 10 file whose first bytes are *data* (at least up to
+    ``meta_end(data)``). Pure and strict: anything but explicit VR little endian elements of
+    group 0002 exactly filling the group length is IrregularMeta; no ``DICM`` is NotPart10.
+    """
+    end = meta_end(data)
+    if len(data) < end:
+        raise IrregularMeta("file meta information is truncated")
+    values: dict[int, bytes] = {}
+    pos = 144
+    while pos < end:
+        if end - pos < 8:
+            raise IrregularMeta("file meta element overruns the group length")
+        group, element, vr = struct.unpack_from("<HH2s", data, pos)
+        if group != 0x0002:
+            raise IrregularMeta(f"element ({group:04X},{element:04X}) inside the meta group")
+        if vr in _LONG_VRS:
+            if end - pos < 12:
+                raise IrregularMeta("file meta element overruns the group length")
+            (length,) = struct.unpack_from("<L", data, pos + 8)
+            pos += 12
+        elif vr.isalpha() and vr.isupper():
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            pos += 8
+        else:
+            raise IrregularMeta("file meta information is not in explicit VR")
+        if length > end - pos:  # also catches the undefined length 0xFFFFFFFF
+            raise IrregularMeta(f"file meta element (0002,{element:04X}) overruns the group")
+        values[element] = data[pos : pos + length]
+        pos += length
+    if len(data) >= end + 2 and struct.unpack_from("<H", data, end)[0] == 0x0002:
+        raise IrregularMeta("file meta elements continue past the group length")
+
+    def text(element: int) -> str:
+        return values.get(element, b"").decode("latin-1").rstrip("\0 ")
+
+    return FileMeta(text(0x0002), text(0x0003), text(0x0010), end)
+
+
+def read_file_meta(fh: BinaryIO) -> FileMeta:
+    """Read and parse the meta group from a binary file positioned at its start."""
+    head = fh.read(PROBE_BYTES)
+    end = meta_end(head)
+    if end > len(head) and len(head) == PROBE_BYTES:
+        if end > 1 << 20:
+            raise IrregularMeta(f"file meta group length {end - 144} is implausible")
+        head += fh.read(end - len(head))
+    return parse_file_meta(head)

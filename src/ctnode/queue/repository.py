@@ -24,7 +24,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -49,6 +61,20 @@ from ctnode.queue.jobs import (
 from ctnode.queue.retry import RetryPolicy
 
 _INSERT_CHUNK = 500
+
+_ITEMS: Table = JobItem.__table__  # type: ignore[assignment]
+#: An item's outcome, and one more attempt on it (executemany, one row per item).
+_RECORD_OUTCOME = (
+    update(_ITEMS)
+    .where(_ITEMS.c.id == bindparam("b_id"))
+    .values(
+        state=bindparam("b_state"),
+        status=bindparam("b_status"),
+        error=bindparam("b_error"),
+        updated_at=bindparam("b_at"),
+        attempts=_ITEMS.c.attempts + 1,
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,23 +326,20 @@ class JobRepository:
                 session.rollback()
                 return False
             if outcomes:
+                # One plain executemany (not the ORM's bulk update): this runs every
+                # BATCH_ITEMS instances of a push, on the sending thread.
                 session.execute(
-                    update(JobItem),
+                    _RECORD_OUTCOME,
                     [
                         {
-                            "id": o.item_id,
-                            "state": o.state.value,
-                            "status": o.status,
-                            "error": o.error,
-                            "updated_at": now,
+                            "b_id": o.item_id,
+                            "b_state": o.state.value,
+                            "b_status": o.status,
+                            "b_error": o.error,
+                            "b_at": now,
                         }
                         for o in outcomes
                     ],
-                )
-                session.execute(
-                    update(JobItem)
-                    .where(JobItem.id.in_([o.item_id for o in outcomes]))
-                    .values(attempts=JobItem.attempts + 1)
                 )
             session.commit()
             return True

@@ -20,6 +20,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,9 @@ from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import GiveUp, RetryPolicy, decide
 
 log = get_logger("ctnode.queue")
+
+#: Most jobs (and followers per job) the pool keeps follow notifications for.
+MAX_WATCHERS = 256
 
 
 class Outcome(StrEnum):
@@ -195,17 +199,45 @@ class WorkerPool:
         self._active_peers: Counter[str] = Counter()
         self._claim_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        #: Idle polling is shared: once a claim found nothing, the other idle workers skip
+        #: their timed claims for a poll interval (one claim per interval, not one per idle
+        #: worker, so idle workers do not compete with running attempts for the database and
+        #: the GIL); a wake, a freed peer slot or a successful claim lifts that at once.
+        self._last_empty = -float("inf")
+        self._claim_now = True
         self._stopping = False
         self._running: dict[int, StopFlag] = {}
         self.attempts_finished = 0
         #: Told (kind, outcome) after every attempt (metrics).
         self.on_attempt = on_attempt
+        #: Told (job id, follower addresses) when an attempt of a watched job ended.
+        self.on_concluded: Callable[[int, list[bytes]], None] | None = None
+        self._watchers: dict[int, set[bytes]] = {}
 
     # -- control -------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """New work may be available (in-process submitters)."""
+        """New work may be available (in-process submitters, the wake channel)."""
+        self._claim_now = True
         self._wake.set()
+
+    def watch(self, job_id: int, address: bytes) -> None:
+        """Tell *address* (through ``on_concluded``) when the next attempt of *job_id* in this
+        process ends. Bounded: beyond MAX_WATCHERS jobs the oldest watch is forgotten (jobs
+        another node runs are never concluded here); a forgotten follower still polls."""
+        if job_id not in self._watchers and len(self._watchers) >= MAX_WATCHERS:
+            del self._watchers[next(iter(self._watchers))]
+        addresses = self._watchers.setdefault(job_id, set())
+        if len(addresses) < MAX_WATCHERS:
+            addresses.add(address)
+
+    def _concluded(self, job_id: int) -> None:
+        addresses = self._watchers.pop(job_id, None)
+        if addresses and self.on_concluded is not None:
+            try:
+                self.on_concluded(job_id, sorted(addresses))
+            except Exception as exc:  # best effort: followers also poll
+                log.warning("queue.notify_failed", job=job_id, error=str(exc))
 
     @property
     def busy(self) -> int:
@@ -276,7 +308,8 @@ class WorkerPool:
                 log.warning("queue.claim_failed", error=str(exc).splitlines()[0])
                 job = None
             if job is None:
-                self._wake.clear()
+                if not self._claim_now:  # else a wake came during the claim: look again
+                    self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
                 continue
@@ -286,12 +319,17 @@ class WorkerPool:
                 log.exception("queue.worker_error", job=job.id, error=str(exc).splitlines()[0])
             finally:
                 self._active_peers[job.peer] -= 1
-                self._wake.set()  # a peer slot was freed
+                self.wake()  # a peer slot was freed
+                self._concluded(job.id)
 
     async def _claim(self) -> Job | None:
         async with self._claim_lock:
             if self._stopping:
                 return None
+            since_empty = time.monotonic() - self._last_empty
+            if not self._claim_now and since_empty < self.settings.poll_interval * 0.9:
+                return None  # another idle worker just found nothing
+            self._claim_now = False
             registry = self.peers()
             full = [
                 name
@@ -307,6 +345,10 @@ class WorkerPool:
             )
             if job is not None:
                 self._active_peers[job.peer] += 1
+                self._claim_now = True  # there may be more: the next idle worker looks too
+                self._wake.set()
+            else:
+                self._last_empty = time.monotonic()
             return job
 
     @staticmethod

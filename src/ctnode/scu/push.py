@@ -16,12 +16,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
-
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
 
 from ctnode.config import NodeSettings
 from ctnode.dicom import status as st
@@ -32,11 +27,11 @@ from ctnode.dicom.contexts import (
     is_compressed,
 )
 from ctnode.dicom.filemeta import read_meta_length
-from ctnode.dicom.uids import is_valid_uid
 from ctnode.errors import AssociationAborted, AssociationRejected, PeerUnreachable
-from ctnode.queue.jobs import ItemOutcome, ItemRow, ItemState, NewItem
+from ctnode.queue.jobs import ItemOutcome, ItemRow, ItemState
 from ctnode.queue.worker import Attempt, AttemptResult, Outcome
 from ctnode.scu.association import params_for
+from ctnode.scu.files import Skipped, collect_files, probe_file
 from ctnode.ul.dimse import C_STORE_RQ
 from ctnode.ul.requestor import (
     AssociationObserver,
@@ -51,58 +46,7 @@ BATCH_ITEMS = 32
 BATCH_SECONDS = 0.25
 MAX_CONTEXTS = 128
 
-
-# ------------------------------------------------------------------ choosing files
-
-
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    """A path that is not pushed, and why."""
-
-    path: str
-    reason: str
-
-
-def probe_file(path: Path) -> NewItem | Skipped:
-    """Read a file's meta information: an item to push, or why it is skipped."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            meta = read_file_meta_info(path)
-    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, AttributeError):
-        return Skipped(str(path), "not a DICOM Part 10 file")
-    except OSError as exc:
-        return Skipped(str(path), f"unreadable: {exc.strerror or exc}")
-    sop_class = str(meta.get("MediaStorageSOPClassUID", "") or "")
-    sop_instance = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
-    syntax = str(meta.get("TransferSyntaxUID", "") or "")
-    if not (is_valid_uid(sop_class) and is_valid_uid(sop_instance) and is_valid_uid(syntax)):
-        return Skipped(str(path), "file meta lacks valid SOP Class/Instance or Transfer Syntax UID")
-    return NewItem(sop_class, sop_instance, syntax, str(path.absolute()))
-
-
-def collect_files(paths: Iterable[Path]) -> tuple[list[NewItem], list[Skipped]]:
-    """Every DICOM file under *paths* (directories recursively, sorted); the rest skipped."""
-    items: list[NewItem] = []
-    skipped: list[Skipped] = []
-
-    def walk(path: Path) -> Iterator[Path]:
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                for name in sorted(files):
-                    yield Path(root) / name
-        else:
-            yield path
-
-    for top in paths:
-        if not top.exists():
-            skipped.append(Skipped(str(top), "does not exist"))
-            continue
-        for path in walk(top):
-            probed = probe_file(path)
-            (items if isinstance(probed, NewItem) else skipped).append(probed)  # type: ignore[arg-type]
-    return items, skipped
+__all__ = ["BATCH_ITEMS", "PushOperation", "Skipped", "collect_files", "probe_file"]
 
 
 # ------------------------------------------------------------------ contexts
