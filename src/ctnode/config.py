@@ -8,11 +8,8 @@ box. Settings are frozen; unknown keys are errors.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import types
-import typing
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +24,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ctnode.dicom.uids import ae_title_problem
 from ctnode.errors import ConfigError
@@ -206,12 +204,16 @@ class MetricsSettings(_Model):
     port: Port = 9106
 
 
-class Settings(_Model):
-    """All of ctnode's settings (see ``config/ctnode.yaml`` for a commented example).
+class Settings(BaseSettings):
+    """All of ctnode's settings (see ``config/ctnode.yaml`` for a commented example)."""
 
-    ``load_settings`` merges ``CTNODE_<SECTION>__<KEY>`` variables over the file (see
-    ``env_overrides``).
-    """
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
 
     node: NodeSettings = NodeSettings()
     storage: StorageSettings = StorageSettings()
@@ -222,6 +224,18 @@ class Settings(_Model):
     metrics: MetricsSettings = MetricsSettings()
 
     _source_file: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables override the YAML file (which arrives as init values)."""
+        return (env_settings, init_settings)
 
     @property
     def database_url(self) -> str:
@@ -252,76 +266,6 @@ def embedded_defaults(cwd: Path | None = None) -> dict[str, Any]:
         "storage": {"data_dir": str(data_dir)},
         "peers_dir": str(peers),
     }
-
-
-def _is_complex(annotation: Any) -> bool:
-    """True for a field given as JSON in an environment variable (a section, a list...)."""
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _is_complex(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_complex(a) for a in typing.get_args(annotation) if a is not type(None))
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return True
-    return (origin or annotation) in (list, tuple, dict, set, frozenset)
-
-
-def _section(annotation: Any) -> type[BaseModel] | None:
-    """The settings model of a section field (None for a plain value)."""
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def _deep_update(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_update(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
-
-
-def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """The settings given by ``CTNODE_*`` variables, as nested values to merge over the file.
-
-    Names are case-insensitive; ``__`` separates a section from its key
-    (``CTNODE_NODE__PORT``); a variable naming no top-level setting is ignored (a wrong key
-    inside a section is reported by validation). Sections, lists and mappings are JSON
-    (``CTNODE_STORAGE__COMMITMENT_PEERS='["pacs"]'``); everything else is the string itself.
-    """
-    out: dict[str, Any] = {}
-    named = []
-    for name, given in env.items():
-        upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
-            continue
-        keys = upper[len(ENV_PREFIX) :].lower().split("__")
-        if keys[0] in Settings.model_fields and all(keys):
-            named.append((len(keys), name, keys, given))
-    for _, name, keys, raw in sorted(named):  # whole sections first, then keys inside them
-        model: type[BaseModel] | None = Settings
-        annotation: Any = None
-        for key in keys:
-            field = model.model_fields.get(key) if model is not None else None
-            annotation = field.annotation if field is not None else None
-            model = _section(annotation) if annotation is not None else None
-        value: Any = raw
-        if annotation is not None and _is_complex(annotation):
-            try:
-                value = json.loads(raw)
-            except ValueError as exc:
-                raise ConfigError(
-                    "1 problem(s) in the configuration",
-                    problems=[f"environment {name}: {'.'.join(keys)}: not valid JSON: {exc}"],
-                ) from None
-        nested: Any = value
-        for key in reversed(keys):
-            nested = {key: nested}
-        out = _deep_update(out, nested)
-    return out
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:
@@ -363,7 +307,7 @@ def load_settings(config: Path | None = None) -> Settings:
         data = load_yaml_file(path)
         source = str(path)
     try:
-        settings = Settings(**_deep_update(data, env_overrides(env)))
+        settings = Settings(**data)
     except ValidationError as exc:
         problems = format_problems(exc, source, env)
         raise ConfigError(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -105,65 +103,3 @@ def test_settings_are_frozen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     s = load_settings()
     with pytest.raises(Exception, match="frozen"):
         s.node.port = 1  # type: ignore[misc]
-
-
-ENV_CASES: list[dict[str, str]] = [
-    {"CTNODE_NODE__PORT": "11112"},
-    {"ctnode_node__port": "2000", "CTNODE_QUEUE__POLL_INTERVAL": "0.25"},
-    {"CTNODE_PEERS_DIR": "/srv/peers", "CTNODE_LOGGING__FORMAT": "console"},
-    {"CTNODE_STORAGE__COMMITMENT_PEERS": '["pacs", "archive"]'},
-    {"CTNODE_QUEUE": '{"workers": 3}', "CTNODE_QUEUE__POLL_INTERVAL": "2"},
-    {"CTNODE_QUEUE__RETRY__MAX_ATTEMPTS": "9", "CTNODE_NODE__TLS__ENABLED": "false"},
-    {"CTNODE_UNRELATED": "x", "OTHER_NODE__PORT": "1", "CTNODE_CONFIG": "/nowhere"},
-    {"CTNODE_DATABASE__URL": "postgresql+psycopg://u@h/db", "CTNODE_STORAGE__SHARED": "1"},
-]
-
-
-@pytest.mark.parametrize("env", ENV_CASES)
-def test_env_overrides_match_pydantic_settings(tmp_path: Path, env: dict[str, str]) -> None:
-    """``CTNODE_*`` variables mean what they meant with pydantic-settings (which ctnode no
-    longer imports at start-up): same values, over the same file."""
-    from pydantic_settings import BaseSettings, SettingsConfigDict
-
-    from ctnode import config
-
-    class Reference(BaseSettings):
-        model_config = SettingsConfigDict(
-            env_prefix="CTNODE_",
-            env_nested_delimiter="__",
-            extra="forbid",
-            frozen=True,
-            case_sensitive=False,
-        )
-        node: config.NodeSettings = config.NodeSettings()
-        storage: config.StorageSettings = config.StorageSettings()
-        database: config.DatabaseSettings = config.DatabaseSettings()
-        peers_dir: Path = Path("/etc/ctnode/peers")
-        logging: config.LoggingSettings = config.LoggingSettings()
-        queue: config.QueueSettings = config.QueueSettings()
-        metrics: config.MetricsSettings = config.MetricsSettings()
-
-        @classmethod
-        def settings_customise_sources(  # type: ignore[no-untyped-def,override]
-            cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-        ):
-            return (env_settings, init_settings)
-
-    file_data = {"node": {"port": 104, "ae_title": "FILEAE"}, "queue": {"workers": 2}}
-    path = _write(tmp_path / "c.yaml", json.dumps(file_data))
-    with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.upper().startswith("CTNODE_")]:
-            mp.delenv(key)
-        for key, value in env.items():
-            mp.setenv(key, value)
-        expected = Reference(**file_data).model_dump()
-        got = load_settings(path).model_dump()
-    assert got == expected
-
-
-def test_env_json_error_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A list given as something that is not JSON names the variable."""
-    monkeypatch.setenv("CTNODE_STORAGE__COMMITMENT_PEERS", "pacs,archive")
-    with pytest.raises(ConfigError) as info:
-        load_settings()
-    assert "environment CTNODE_STORAGE__COMMITMENT_PEERS" in info.value.problems[0]
