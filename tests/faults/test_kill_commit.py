@@ -54,6 +54,10 @@ from tests.helpers.orthanc import Orthanc
 from tests.helpers.procs import CtnodeProcess, run_tool
 from tests.helpers.proxy import FaultProxy, Mode
 
+SHORT = [pytest.mark.timeout(300)]
+#: The on-demand variant (``--ondemand``): at least 20 kills per back end.
+LONG = [pytest.mark.ondemand, pytest.mark.timeout(2400)]
+
 #: Seconds a requested transaction waits for its report (well above the 1-3 s a report takes
 #: through the throttle, or CONNECT_DELAY plus that, so only a kill makes one expire).
 COMMIT_TIMEOUT = 10
@@ -287,8 +291,15 @@ def commit_kill_rounds(
     assert counts.jobs_succeeded == len(jobs)
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize(("backend", "kills"), [("sqlite", 3), ("postgresql", 2)])
+@pytest.mark.parametrize(
+    ("backend", "kills"),
+    [
+        pytest.param("sqlite", 3, marks=SHORT),
+        pytest.param("postgresql", 2, marks=SHORT),
+        pytest.param("sqlite", 21, marks=LONG),
+        pytest.param("postgresql", 20, marks=LONG),
+    ],
+)
 def test_kill_9_during_commit(
     tmp_path: Path,
     ledger: Ledger,
@@ -297,25 +308,10 @@ def test_kill_9_during_commit(
     kills: int,
     request: pytest.FixtureRequest,
 ) -> None:
-    """A few kill -9 during storage commitment with Orthanc (before the N-ACTION, waiting for
-    the report, while the report arrives, report delivered after the restart): every job ends
-    succeeded with all instances committed, a lost report re-requested after the deadline, a
-    late one matched, never stuck waiting."""
-    url = request.getfixturevalue("fresh_pg_url") if backend == "postgresql" else None
-    commit_kill_rounds(tmp_path, ledger, rng, kills, url)
-
-
-@pytest.mark.ondemand
-@pytest.mark.timeout(2400)
-@pytest.mark.parametrize(("backend", "kills"), [("sqlite", 21), ("postgresql", 20)])
-def test_kill_9_during_commit_long(
-    tmp_path: Path,
-    ledger: Ledger,
-    rng: random.Random,
-    backend: str,
-    kills: int,
-    request: pytest.FixtureRequest,
-) -> None:
-    """21 (SQLite) and 20 (PostgreSQL) kill -9 during storage commitment (on demand)."""
+    """kill -9 (3 rounds on SQLite, 2 on PostgreSQL; 20 or more each with --ondemand) during
+    storage commitment with Orthanc (before the N-ACTION, waiting for the report, while the
+    report arrives, report delivered after the restart): every job ends succeeded with all
+    instances committed, a lost report re-requested after the deadline, a late one matched,
+    never stuck waiting."""
     url = request.getfixturevalue("fresh_pg_url") if backend == "postgresql" else None
     commit_kill_rounds(tmp_path, ledger, rng, kills, url)

@@ -43,6 +43,10 @@ from tests.helpers.procs import CtnodeProcess, ServerProcess, free_port, run_too
 from tests.helpers.proxy import FaultProxy, Mode
 from tests.helpers.qrdata import peer
 
+SHORT = [pytest.mark.timeout(300)]
+#: The on-demand variant (``--ondemand``): at least 20 kills per back end.
+LONG = [pytest.mark.ondemand, pytest.mark.timeout(1800)]
+
 QUEUE = {
     "workers": 2,
     "poll_interval": 0.2,
@@ -211,8 +215,15 @@ def move_kill_rounds(
     assert counts.acknowledged == sum(len(s) for s in jobs.values())
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize(("backend", "kills"), [("sqlite", 3), ("postgresql", 2)])
+@pytest.mark.parametrize(
+    ("backend", "kills"),
+    [
+        pytest.param("sqlite", 3, marks=SHORT),
+        pytest.param("postgresql", 2, marks=SHORT),
+        pytest.param("sqlite", 22, marks=LONG),
+        pytest.param("postgresql", 20, marks=LONG),
+    ],
+)
 def test_kill_9_during_move(
     tmp_path: Path,
     ledger: Ledger,
@@ -221,24 +232,9 @@ def test_kill_9_during_move(
     kills: int,
     request: pytest.FixtureRequest,
 ) -> None:
-    """A few kill -9 during C-MOVE retrieves: every move job succeeds after restarts, every
-    instance the source holds is indexed, nothing acknowledged is lost at any kill, duplicate
-    receptions within the per-kill bound."""
-    url = request.getfixturevalue("fresh_pg_url") if backend == "postgresql" else None
-    move_kill_rounds(tmp_path, ledger, rng, kills, url)
-
-
-@pytest.mark.ondemand
-@pytest.mark.timeout(1800)
-@pytest.mark.parametrize(("backend", "kills"), [("sqlite", 22), ("postgresql", 20)])
-def test_kill_9_during_move_long(
-    tmp_path: Path,
-    ledger: Ledger,
-    rng: random.Random,
-    backend: str,
-    kills: int,
-    request: pytest.FixtureRequest,
-) -> None:
-    """22 (SQLite) and 20 (PostgreSQL) kill -9 during C-MOVE retrieves (on demand)."""
+    """kill -9 (3 rounds on SQLite, 2 on PostgreSQL; 20 or more each with --ondemand) during
+    C-MOVE retrieves: every move job succeeds after restarts, every instance the source holds
+    is indexed, nothing acknowledged is lost at any kill, duplicate receptions within the per-
+    kill bound."""
     url = request.getfixturevalue("fresh_pg_url") if backend == "postgresql" else None
     move_kill_rounds(tmp_path, ledger, rng, kills, url)

@@ -26,6 +26,9 @@ from tests.helpers.ledger import DirectoryPeer, Ledger, uids_of
 from tests.helpers.procs import CtnodeProcess, storescp
 from tests.helpers.proxy import FaultProxy, Mode
 
+#: The on-demand variant (``--ondemand``): at least 20 kills per back end.
+LONG = [pytest.mark.ondemand, pytest.mark.timeout(1800)]
+
 QUEUE = {
     "workers": 2,
     "poll_interval": 0.2,
@@ -119,7 +122,15 @@ def push_kill_rounds(
     assert counts.jobs_succeeded == len(jobs)
 
 
-@pytest.mark.parametrize(("backend", "kills"), [("sqlite", 3), ("postgresql", 2)])
+@pytest.mark.parametrize(
+    ("backend", "kills"),
+    [
+        ("sqlite", 3),
+        ("postgresql", 2),
+        pytest.param("sqlite", 22, marks=LONG),
+        pytest.param("postgresql", 20, marks=LONG),
+    ],
+)
 def test_kill_9_during_push(
     tmp_path: Path,
     ledger: Ledger,
@@ -128,23 +139,8 @@ def test_kill_9_during_push(
     kills: int,
     request: pytest.FixtureRequest,
 ) -> None:
-    """A few kill -9 during push: every job succeeds after restarts, every instance is at
-    the peer, duplicates within the per-kill bound."""
-    url = request.getfixturevalue("fresh_pg_url") if backend == "postgresql" else None
-    push_kill_rounds(tmp_path, ledger, rng, kills, url)
-
-
-@pytest.mark.ondemand
-@pytest.mark.timeout(1800)
-@pytest.mark.parametrize(("backend", "kills"), [("sqlite", 22), ("postgresql", 20)])
-def test_kill_9_during_push_long(
-    tmp_path: Path,
-    ledger: Ledger,
-    rng: random.Random,
-    backend: str,
-    kills: int,
-    request: pytest.FixtureRequest,
-) -> None:
-    """22 (SQLite) and 20 (PostgreSQL) kill -9 during push (on demand)."""
+    """kill -9 (3 rounds on SQLite, 2 on PostgreSQL; 20 or more each with --ondemand) during
+    push: every job succeeds after restarts, every instance is at the peer, duplicates within
+    the per-kill bound."""
     url = request.getfixturevalue("fresh_pg_url") if backend == "postgresql" else None
     push_kill_rounds(tmp_path, ledger, rng, kills, url)
