@@ -109,7 +109,8 @@ class OnDuplicate(StrEnum):
 
 
 class StorageSettings(_Model):
-    """The data directory: ``store/``, ``spool/``, ``quarantine/`` and the SQLite file."""
+    """The data directory: ``store/``, ``spool/``, ``quarantine/``, ``run/`` and the SQLite
+    file."""
 
     data_dir: Path = Path("/var/lib/ctnode")
     min_free_bytes: ByteSize = ByteSize(1 << 30)

@@ -7,8 +7,9 @@ After each case (``HostileNode.check``):
 * no file appeared outside the data dir: the module's work dir (config, peers, the node's
   private ``TMPDIR``) is unchanged, nothing in ``/tmp`` or pytest's base temp carries the
   module's hostile-path marker, and the node holds no open file outside the data dir;
-* the data dir holds only ``store/``, ``spool/``, ``quarantine/`` and the SQLite files; the index
-  rows are exactly the instances answered Success and every store file is one of them;
+* the data dir holds only ``store/``, ``spool/``, ``quarantine/``, ``run/`` (the wake socket)
+  and the SQLite files; the index rows are exactly the instances answered Success and every
+  store file is one of them;
 * the spool is empty;
 * the node's RSS is back within 20 MB of the baseline and its thread count back to the
   baseline within ``network_timeout`` + 5 s (polled, never a fixed sleep).
@@ -262,7 +263,7 @@ class HostileNode:
         assert not (opened := self._open_files_outside()), f"open outside data dir: {opened}"
 
         top = {p.name for p in self.data_dir.iterdir()}
-        assert top <= {"store", "spool", "quarantine"} | DB_FILES, top
+        assert top <= {"store", "spool", "quarantine", "run"} | DB_FILES, top
         index = self.index()
         assert set(index) == self.stored, (
             f"index rows not answered Success: {set(index) - self.stored}; "
