@@ -508,7 +508,7 @@ class Requestor:
                     )
                 elif pdu_type == P.A_RELEASE_RQ:
                     self._send(P.encode_release_rp(), self.params.timeouts.network)
-                    self._close()
+                    self._close(linger=0.05)
                     raise AssociationAborted(f"{self.peer_label} released the association early")
                 else:
                     raise AssociationAborted(
@@ -628,12 +628,16 @@ class Requestor:
             return
         with contextlib.suppress(OSError):
             self._send(P.encode_abort(P.ABORT_SOURCE_USER, 0), 2)
-        self._close()
+        self._close(linger=0.05)
 
-    def _close(self) -> None:
+    def _close(self, linger: float = 0.0) -> None:
+        """Close the connection. By default at once: the peer's last PDU (A-RELEASE-RP,
+        A-ASSOCIATE-RJ, A-ABORT) is read and, PS3.8 Sta13, the requestor closes while the
+        acceptor waits for it. After sending the last PDU ourselves (A-ABORT, an A-RELEASE-RP to
+        a peer's early release) *linger* lets the peer read it and close first."""
         sock, self.sock = self.sock, None
         if sock is not None:
-            close_gracefully(sock, linger=0.05)
+            close_gracefully(sock, linger=linger)
         if self._open_observed:
             self._open_observed = False
             if self.params.observer is not None:

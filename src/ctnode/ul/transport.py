@@ -154,9 +154,17 @@ def close_gracefully(sock: socket.socket, linger: float = 1.0) -> None:
     the transport connection and the acceptor waits for that (ARTIM) before closing itself.
     Closing at once races our FIN with the last PDU (some stacks then report an abort instead
     of the rejection), and closing with unread data makes the kernel send a RST, which can
-    destroy that PDU before the peer has read it. Never blocks longer than *linger*.
+    destroy that PDU before the peer has read it. Never blocks longer than *linger*; with
+    *linger* 0 only what has already arrived is drained (the requestor's case: PS3.8 has it close
+    the connection as soon as it has read the peer's last PDU).
     """
     try:
+        if linger <= 0:
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                while sock.recv(65536):
+                    pass
+            return
         deadline = time.monotonic() + linger
         while True:
             left = deadline - time.monotonic()
