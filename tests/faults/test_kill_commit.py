@@ -47,6 +47,7 @@ from typing import Any
 
 import pytest
 
+from tests.faults.kills import FINAL, QUEUE, kill_rounds
 from tests.helpers.dicomgen import write_series
 from tests.helpers.jobs import job_json, submit_commit, wait_job
 from tests.helpers.ledger import Ledger, OrthancPeer, uids_of
@@ -54,28 +55,11 @@ from tests.helpers.orthanc import Orthanc
 from tests.helpers.procs import CtnodeProcess, run_tool
 from tests.helpers.proxy import FaultProxy, Mode
 
-SHORT = [pytest.mark.timeout(300)]
-#: The on-demand variant (``--ondemand``): at least 20 kills per back end.
-LONG = [pytest.mark.ondemand, pytest.mark.timeout(2400)]
-
 #: Seconds a requested transaction waits for its report (well above the 1-3 s a report takes
 #: through the throttle, or CONNECT_DELAY plus that, so only a kill makes one expire).
 COMMIT_TIMEOUT = 10
 #: ``restart`` phase: seconds before the proxy connects a report association to ctnode.
 CONNECT_DELAY = 4.0
-QUEUE = {
-    "workers": 2,
-    "poll_interval": 0.2,
-    "lease_seconds": 6,
-    "retry": {
-        "max_attempts": 100,
-        "initial_delay": 0.3,
-        "multiplier": 1,
-        "max_delay": 1,
-        "jitter": 0,
-    },
-}
-FINAL = {"succeeded", "failed", "cancelled"}
 UNFINISHED = {"queued", "running", "waiting"}
 PHASES = ("request", "waiting", "report", "restart")
 
@@ -291,15 +275,7 @@ def commit_kill_rounds(
     assert counts.jobs_succeeded == len(jobs)
 
 
-@pytest.mark.parametrize(
-    ("backend", "kills"),
-    [
-        pytest.param("sqlite", 3, marks=SHORT),
-        pytest.param("postgresql", 2, marks=SHORT),
-        pytest.param("sqlite", 21, marks=LONG),
-        pytest.param("postgresql", 20, marks=LONG),
-    ],
-)
+@kill_rounds(21, 20, long_timeout=2400)
 def test_kill_9_during_commit(
     tmp_path: Path,
     ledger: Ledger,

@@ -35,6 +35,7 @@ from sqlalchemy import func, select
 
 from ctnode.db.engine import create_db_engine, session_factory
 from ctnode.db.models import Instance, JobItem
+from tests.faults.kills import FINAL, QUEUE, kill_rounds
 from tests.helpers.dcmqrscp import dcmqrscp
 from tests.helpers.dicomgen import Ids, write_series
 from tests.helpers.jobs import job_json, submit_move, wait_job
@@ -42,24 +43,6 @@ from tests.helpers.ledger import Ledger, NodeView, Receptions, uids_of
 from tests.helpers.procs import CtnodeProcess, ServerProcess, free_port, run_tool
 from tests.helpers.proxy import FaultProxy, Mode
 from tests.helpers.qrdata import peer
-
-SHORT = [pytest.mark.timeout(300)]
-#: The on-demand variant (``--ondemand``): at least 20 kills per back end.
-LONG = [pytest.mark.ondemand, pytest.mark.timeout(1800)]
-
-QUEUE = {
-    "workers": 2,
-    "poll_interval": 0.2,
-    "lease_seconds": 6,
-    "retry": {
-        "max_attempts": 100,
-        "initial_delay": 0.3,
-        "multiplier": 1,
-        "max_delay": 1,
-        "jitter": 0,
-    },
-}
-FINAL = {"succeeded", "failed", "cancelled"}
 
 
 def new_study(directory: Path, rng: random.Random) -> tuple[str, dict[str, Path]]:
@@ -215,15 +198,7 @@ def move_kill_rounds(
     assert counts.acknowledged == sum(len(s) for s in jobs.values())
 
 
-@pytest.mark.parametrize(
-    ("backend", "kills"),
-    [
-        pytest.param("sqlite", 3, marks=SHORT),
-        pytest.param("postgresql", 2, marks=SHORT),
-        pytest.param("sqlite", 22, marks=LONG),
-        pytest.param("postgresql", 20, marks=LONG),
-    ],
-)
+@kill_rounds(22, 20, long_timeout=1800)
 def test_kill_9_during_move(
     tmp_path: Path,
     ledger: Ledger,

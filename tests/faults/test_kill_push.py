@@ -20,28 +20,12 @@ from typing import Any
 import pytest
 
 from ctnode.scu.push import BATCH_ITEMS
+from tests.faults.kills import FINAL, QUEUE, kill_rounds
 from tests.helpers.dicomgen import write_series
 from tests.helpers.jobs import job_json, submit_push, wait_job
 from tests.helpers.ledger import DirectoryPeer, Ledger, uids_of
 from tests.helpers.procs import CtnodeProcess, storescp
 from tests.helpers.proxy import FaultProxy, Mode
-
-#: The on-demand variant (``--ondemand``): at least 20 kills per back end.
-LONG = [pytest.mark.ondemand, pytest.mark.timeout(1800)]
-
-QUEUE = {
-    "workers": 2,
-    "poll_interval": 0.2,
-    "lease_seconds": 6,
-    "retry": {
-        "max_attempts": 100,
-        "initial_delay": 0.3,
-        "multiplier": 1,
-        "max_delay": 1,
-        "jitter": 0,
-    },
-}
-FINAL = {"succeeded", "failed", "cancelled"}
 
 
 def peer(ae: str, port: int, **extra: Any) -> dict[str, Any]:
@@ -122,15 +106,7 @@ def push_kill_rounds(
     assert counts.jobs_succeeded == len(jobs)
 
 
-@pytest.mark.parametrize(
-    ("backend", "kills"),
-    [
-        ("sqlite", 3),
-        ("postgresql", 2),
-        pytest.param("sqlite", 22, marks=LONG),
-        pytest.param("postgresql", 20, marks=LONG),
-    ],
-)
+@kill_rounds(22, 20, long_timeout=1800)
 def test_kill_9_during_push(
     tmp_path: Path,
     ledger: Ledger,
