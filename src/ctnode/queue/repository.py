@@ -87,6 +87,22 @@ class QueueSummary:
     failed_last_day: int
 
 
+def _released(
+    fields: dict[str, Any], status: int | None, error: str | None, result: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Column values ending an attempt: *fields* plus the lease dropped and the last outcome."""
+    out: dict[str, Any] = {
+        **fields,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "last_status": status,
+        "last_error": error,
+    }
+    if result is not None:
+        out["result"] = result
+    return out
+
+
 class JobRepository:
     """Reads and writes jobs; see the module docstring for the fencing and claiming rules."""
 
@@ -483,17 +499,7 @@ class JobRepository:
         assert state.final
 
         def values(now: datetime) -> dict[str, Any]:
-            out: dict[str, Any] = {
-                "state": state.value,
-                "finished_at": now,
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "last_status": status,
-                "last_error": error,
-            }
-            if result is not None:
-                out["result"] = result
-            return out
+            return _released({"state": state.value, "finished_at": now}, status, error, result)
 
         return self._end_attempt(
             job_id, owner, values, event=state.value, status=status, message=message or error
@@ -512,17 +518,12 @@ class JobRepository:
         """Back to queued, runnable after *delay* seconds. Fenced."""
 
         def values(now: datetime) -> dict[str, Any]:
-            out: dict[str, Any] = {
-                "state": JobState.QUEUED.value,
-                "not_before": now + timedelta(seconds=delay),
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "last_status": status,
-                "last_error": error,
-            }
-            if result is not None:
-                out["result"] = result
-            return out
+            return _released(
+                {"state": JobState.QUEUED.value, "not_before": now + timedelta(seconds=delay)},
+                status,
+                error,
+                result,
+            )
 
         return self._end_attempt(
             job_id,
