@@ -22,6 +22,7 @@ from tests.helpers.dicomgen import SIX_CLASSES, dataset_bytes, make_dataset, wri
 from tests.helpers.fakes import FakeStoreSCP
 from tests.helpers.jobs import job_json, wait_job
 from tests.helpers.procs import CTNODE, CtnodeProcess, free_port, run_tool, storescp
+from tests.helpers.qrdata import peer as _peer
 
 FAST_QUEUE = {
     "workers": 2,
@@ -35,17 +36,6 @@ FAST_QUEUE = {
         "jitter": 0,
     },
 }
-
-
-def _peer(ae: str, port: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "ae_title": ae,
-        "host": "127.0.0.1",
-        "port": port,
-        "accept": ["echo", "store"],
-        "timeouts": {"connect": 3, "acse": 5, "dimse": 10, "network": 10},
-        **extra,
-    }
 
 
 def _job(node: CtnodeProcess, job_id: int) -> dict[str, Any]:

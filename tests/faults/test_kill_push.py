@@ -26,18 +26,7 @@ from tests.helpers.jobs import job_json, submit_push, wait_job
 from tests.helpers.ledger import DirectoryPeer, Ledger, uids_of
 from tests.helpers.procs import CtnodeProcess, storescp
 from tests.helpers.proxy import FaultProxy, Mode
-
-
-def peer(ae: str, port: int, **extra: Any) -> dict[str, Any]:
-    """A peer file with short timeouts."""
-    return {
-        "ae_title": ae,
-        "host": "127.0.0.1",
-        "port": port,
-        "accept": ["echo", "store"],
-        "timeouts": {"connect": 3, "acse": 5, "dimse": 10, "network": 10},
-        **extra,
-    }
+from tests.helpers.qrdata import peer
 
 
 def push_kill_rounds(

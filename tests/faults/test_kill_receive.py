@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.kills import kill_rounds as kill_round_params
 from tests.helpers.dicomgen import write_series
 from tests.helpers.ledger import Ledger
 from tests.helpers.procs import CtnodeProcess
@@ -98,32 +99,16 @@ def kill_rounds(
     assert interrupted >= max(1, rounds * 2 // 3), f"only {interrupted}/{rounds} interrupted"
 
 
-@pytest.mark.parametrize(("backend", "rounds"), [("sqlite", 3), ("postgresql", 2)])
+@kill_round_params(25, 20, long_timeout=1800)
 def test_kill_9_during_receive(
     tmp_path: Path,
     ledger: Ledger,
     rng: random.Random,
     backend: str,
-    rounds: int,
+    kills: int,
     request: pytest.FixtureRequest,
 ) -> None:
-    """A few kill -9 rounds during receive: nothing acknowledged is lost, the node is
-    consistent after every restart."""
+    """kill -9 rounds during receive (3 on SQLite, 2 on PostgreSQL; 25 and 20 with
+    --ondemand): nothing acknowledged is lost, the node is consistent after every restart."""
     url = request.getfixturevalue("fresh_pg_url") if backend == "postgresql" else None
-    kill_rounds(tmp_path, ledger, rng, rounds, url)
-
-
-@pytest.mark.ondemand
-@pytest.mark.timeout(1800)
-@pytest.mark.parametrize(("backend", "rounds"), [("sqlite", 25), ("postgresql", 20)])
-def test_kill_9_during_receive_long(
-    tmp_path: Path,
-    ledger: Ledger,
-    rng: random.Random,
-    backend: str,
-    rounds: int,
-    request: pytest.FixtureRequest,
-) -> None:
-    """25 (SQLite) and 20 (PostgreSQL) kill -9 rounds during receive (on demand)."""
-    url = request.getfixturevalue("fresh_pg_url") if backend == "postgresql" else None
-    kill_rounds(tmp_path, ledger, rng, rounds, url)
+    kill_rounds(tmp_path, ledger, rng, kills, url)
