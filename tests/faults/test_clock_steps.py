@@ -64,12 +64,16 @@ def _peer(ae: str, port: int) -> dict[str, Any]:
     }
 
 
+#: Bytes per second to the push peer: slow enough that the job spans every step.
+THROTTLE = 100_000
+
+
 def push_files(directory: Path) -> list[Path]:
-    """A 1.6 MB instance first, then 20 small ones. Behind a 150 kB/s link the big one takes
-    about 11 s, during which the attempt records no item outcome (recording one also extends
-    the lease): only the heartbeat renews the lease, once a second — so after each step the
-    stepped clock sees the lease expired (+2 h) for up to a second while the idle worker polls
-    for work every 0.2 s."""
+    """A 1.6 MB instance first, then 20 small ones. Behind a THROTTLE (100 kB/s) link the big
+    one takes about 16 s (so the job outlasts the four steps with room to spare), during which
+    the attempt records no item outcome (recording one also extends the lease): only the
+    heartbeat renews the lease, once a second — so after each step the stepped clock sees the
+    lease expired (+2 h) for up to a second while the idle worker polls for work every 0.2 s."""
     return [write(make_dataset(size=900), directory / "BIG.dcm"), *write_series(directory, 20)]
 
 
@@ -136,7 +140,7 @@ def test_clock_steps_on_one_sqlite_node(tmp_path: Path, ledger: Ledger) -> None:
     pushed = push_files(tmp_path / "push")
     received = write_series(tmp_path / "recv", 45)
     with storescp(tmp_path / "peer", extra=["+uf"]) as server, FaultProxy(server.port) as proxy:
-        proxy.set_mode(Mode.THROTTLE, rate=150_000)
+        proxy.set_mode(Mode.THROTTLE, rate=THROTTLE)
         node = CtnodeProcess(
             tmp_path / "node",
             config={"queue": QUEUE},
@@ -175,7 +179,7 @@ def test_stepped_node_does_not_steal_a_live_lease_postgresql(
     received = write_series(tmp_path / "recv", 45)
     config = {"database": {"url": fresh_pg_url}, "queue": QUEUE}
     with storescp(tmp_path / "peer", extra=["+uf"]) as server, FaultProxy(server.port) as proxy:
-        proxy.set_mode(Mode.THROTTLE, rate=150_000)
+        proxy.set_mode(Mode.THROTTLE, rate=THROTTLE)
         peers = {"scp": _peer("STORESCP", proxy.port), "modality": MODALITY}
         node_a = CtnodeProcess(tmp_path / "a", config=config, peers=peers)
         node_b = CtnodeProcess(
