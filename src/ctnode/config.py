@@ -59,9 +59,11 @@ class NodeTimeouts(_Model):
 
     #: Time allowed for the A-ASSOCIATE-RQ to arrive after connect, and for release.
     acse: Seconds = 30
-    #: Time a DIMSE operation may take (e.g. waiting for the rest of a data set).
+    #: While a data set is arriving, the longest wait for its next PDU (never longer than
+    #: ``network``).
     dimse: Seconds = 120
-    #: Read deadline on every socket: a peer silent for this long is dropped.
+    #: Idle time allowed between messages on an association, and the read deadline: a PDU
+    #: must complete within this long of its first byte. A peer silent for longer is dropped.
     network: Seconds = 60
 
 

@@ -33,3 +33,30 @@ def test_example_files_are_valid() -> None:
     Settings(**load_yaml_file(ROOT / "config" / "ctnode.yaml"))
     for path in (ROOT / "config" / "peers").glob("*.yaml"):
         PeerConfig(**load_yaml_file(path))
+
+
+def _conformance_uids(heading: str) -> set[str]:
+    """The UIDs in the second column of the table that follows *heading* in conformance.md."""
+    text = (ROOT / "docs" / "conformance.md").read_text()
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    uids = set()
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[1][:1].isdigit():
+            uids.add(cells[1])
+    return uids
+
+
+def test_conformance_statement_lists_every_storage_class() -> None:
+    """Appendix A of docs/conformance.md lists exactly the storage SOP classes ctnode accepts
+    (PS3.2: the conformance statement names every SOP class with its UID)."""
+    from ctnode.dicom.contexts import storage_classes
+
+    assert _conformance_uids("## Appendix A: Storage SOP classes") == set(storage_classes())
+
+
+def test_conformance_statement_lists_the_scanner_classes() -> None:
+    """The overview names the six scanner classes of the seed flows with their UIDs."""
+    from ctnode.dicom.contexts import SCANNER_CLASSES
+
+    assert set(SCANNER_CLASSES.values()) <= _conformance_uids("## 1. Overview")
