@@ -13,8 +13,7 @@ import contextlib
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -56,10 +55,6 @@ from ctnode.tls import server_context
 
 log = get_logger("ctnode.daemon")
 
-# The storage SOP classes are built on first use (from pynetdicom's list): build them now, so
-# that neither the first association nor logging configured after this import waits for them.
-storage_classes()
-
 __all__ = ["open_database", "run"]
 
 
@@ -93,7 +88,7 @@ class Runtime:
     repo: JobRepository
     workers: WorkerPool
     metrics: Metrics
-    extras: dict[str, Any] = field(default_factory=dict)
+    reconciler: Reconciler
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -102,6 +97,9 @@ def build_runtime(settings: Settings) -> Runtime:
         raise ConfigError(
             f"peers_dir {settings.peers_dir} does not exist; create it or fix the key"
         )
+    # The storage SOP classes are built on first use (from pynetdicom's list): build them here
+    # so that the first association does not wait for them.
+    storage_classes()
     registry = load_peers(settings.peers_dir)
     for warning in registry.warnings:
         log.warning("config.peer_warning", detail=warning)
@@ -149,9 +147,9 @@ def build_runtime(settings: Settings) -> Runtime:
         on_attempt=metrics.attempt_finished,
     )
     metrics.add_collector(StateCollector(repo.summary, store.free_bytes, commits.counts))
-    runtime = Runtime(settings, engine, sessions, peers, store, app, server, repo, workers, metrics)
-    runtime.extras["reconciler"] = reconciler
-    return runtime
+    return Runtime(
+        settings, engine, sessions, peers, store, app, server, repo, workers, metrics, reconciler
+    )
 
 
 def _warn_commitment_peers(settings: Settings, registry: PeerRegistry) -> None:
@@ -256,15 +254,13 @@ async def supervise(
         watchdog_interval=notifier.watchdog_interval(),
     )
     stop_workers = asyncio.Event()
-    reconciler = runtime.extras.get("reconciler")
-    if isinstance(reconciler, Reconciler):
-        # A commitment report (SCP thread) makes its job runnable: tell idle workers at once.
-        loop = asyncio.get_running_loop()
+    # A commitment report (SCP thread) makes its job runnable: tell idle workers at once.
+    loop = asyncio.get_running_loop()
 
-        def notify() -> None:
-            loop.call_soon_threadsafe(runtime.workers.wake)
+    def notify() -> None:
+        loop.call_soon_threadsafe(runtime.workers.wake)
 
-        reconciler.notify = notify
+    runtime.reconciler.notify = notify
     workers = asyncio.create_task(runtime.workers.run(stop_workers), name="workers")
     supervisor.ready()
     supervision = asyncio.create_task(supervisor.run(stop), name="supervisor")
