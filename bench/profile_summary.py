@@ -90,11 +90,11 @@ def categorize(stack: Sequence[str], src: Path = SRC) -> str:
         return "hashing (sha256)"
     if "fdatasync" in text or func == "SpoolFile.sync":
         return "fdatasync spool file"
-    if func in ("_fsync_dir", "_DirCache.fsync") or "os.fsync" in text:
+    if func in ("_fsync_dir", "fsync_dir", "_DirCache.fsync") or "os.fsync" in text:
         return "directory fsync"
     if "os.link" in text or "os.replace" in text or func == "Store._ensure_dir":
         return "link + rename into store/"
-    if file.endswith("dicom/scan.py") or func == "Store._scan":
+    if file.endswith("dicom/scan.py") or func in ("Store._scan", "SpoolFile.scan"):
         return "scan data set"
     if "os.write" in text or func == "SpoolFile._write_all":
         return "spool: write"
@@ -106,7 +106,7 @@ def categorize(stack: Sequence[str], src: Path = SRC) -> str:
         return "path containment check (realpath)"
     if func.startswith("_writeback_starter") or "start_writeback" in text:
         return "writeback hint (sync_file_range)"
-    if ctnode_funcs & {"Store._row_values", "_decode_text", "utcnow"}:
+    if ctnode_funcs & {"Store._row_values", "row_values", "_decode_text", "decode_text", "utcnow"}:
         return "index: row values"
     if "statvfs" in text or "has_room" in ctnode_funcs:
         return "free-space check"

@@ -39,9 +39,10 @@ def world(tmp_path: Path) -> tuple[NodeView, Store, sessionmaker[Session], list[
     store.prepare()
     files = write_series(tmp_path / "in", 3)
     for path in files:
-        spool = store.open_spool(StoreRequest(CT_IMAGE, uid_of(path), EXPLICIT_VR_LE))
-        spool.write(memoryview(dataset_of(path)))
-        assert store.ingest(spool).status == 0
+        reception = store.receive(StoreRequest(CT_IMAGE, uid_of(path), EXPLICIT_VR_LE))
+        reception.write(memoryview(dataset_of(path)))
+        assert reception.complete().status == 0
+        reception.close()
     return NodeView("node", tmp_path / "data", url, "node-a"), store, sessions, files
 
 

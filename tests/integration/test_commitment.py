@@ -369,9 +369,10 @@ def _ingest(store: Store, count: int) -> list[str]:
     uids = []
     for n in range(count):
         ds = make_dataset(CT_IMAGE, ids, number=n + 1)
-        spool = store.open_spool(StoreRequest(CT_IMAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE))
-        spool.write(memoryview(encode_dataset(ds)))
-        assert store.ingest(spool).status == 0
+        reception = store.receive(StoreRequest(CT_IMAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE))
+        reception.write(memoryview(encode_dataset(ds)))
+        assert reception.complete().status == 0
+        reception.close()
         uids.append(str(ds.SOPInstanceUID))
     return uids
 

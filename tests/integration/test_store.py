@@ -1,4 +1,4 @@
-"""Store.ingest on SQLite and PostgreSQL: durability order, validation, duplicates, recovery."""
+"""Store.receive on SQLite and PostgreSQL: durability order, validation, duplicates, recovery."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ctnode.config import OnDuplicate, StorageSettings
 from ctnode.db.engine import create_db_engine, session_factory
 from ctnode.db.models import Instance
 from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
-from ctnode.storage import Store, StoreRequest
+from ctnode.storage import SpoolFile, Store, StoreRequest
 from tests.helpers.dicomgen import encode_dataset, make_dataset
 
 
@@ -29,9 +29,10 @@ def _store(tmp_path: Path, sessions: sessionmaker[Session], **kw: object) -> Sto
 def _ingest(
     store: Store, data: bytes, sop_class: str, sop_instance: str, ts: str = EXPLICIT_VR_LE
 ) -> tuple[int, str]:
-    spool = store.open_spool(StoreRequest(sop_class, sop_instance, ts, "MOD", "127.0.0.1"))
-    spool.write(memoryview(data))
-    result = store.ingest(spool)
+    reception = store.receive(StoreRequest(sop_class, sop_instance, ts, "MOD", "127.0.0.1"))
+    reception.write(memoryview(data))
+    result = reception.complete()
+    reception.close()
     return result.status, result.outcome
 
 
@@ -199,7 +200,8 @@ def test_recovery_of_spool_leftovers(tmp_path: Path, sessions: sessionmaker[Sess
     os.link(stored1, store.spool / "committed.part")
     # 2. linked into the store, crash before the row was committed
     ds2 = make_dataset(CT_IMAGE)
-    spool = store.open_spool(StoreRequest(CT_IMAGE, ds2.SOPInstanceUID, EXPLICIT_VR_LE))
+    request = StoreRequest(CT_IMAGE, ds2.SOPInstanceUID, EXPLICIT_VR_LE)
+    spool = SpoolFile(store.spool / "linked.part", request)
     spool.write(memoryview(encode_dataset(ds2)))
     spool.sync()
     spool.close()
@@ -226,11 +228,11 @@ def test_sha256_of_the_data_set(
     hashed in one call or window by window (as a large one is)."""
     import hashlib
 
-    import ctnode.storage
+    import ctnode.storage.spool
 
     if windowed:
-        monkeypatch.setattr(ctnode.storage, "_POPULATE_LIMIT", 0)
-        monkeypatch.setattr(ctnode.storage, "_HASH_WINDOW", 4096)
+        monkeypatch.setattr(ctnode.storage.spool, "_POPULATE_LIMIT", 0)
+        monkeypatch.setattr(ctnode.storage.spool, "_HASH_WINDOW", 4096)
     store = _store(tmp_path, sessions)
     ds = make_dataset(CT_IMAGE, size=128)
     data = encode_dataset(ds)

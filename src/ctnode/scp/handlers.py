@@ -40,7 +40,7 @@ from ctnode.dicom.contexts import Service
 from ctnode.dicom.uids import is_valid_uid
 from ctnode.logs import get_logger
 from ctnode.peers import PeerRegistry, is_self_address
-from ctnode.storage import SpoolFile, Store, StoreRequest
+from ctnode.storage import Reception, Store, StoreRequest
 from ctnode.ul import dimse
 from ctnode.ul import pdu as P
 from ctnode.ul.acceptor import (
@@ -137,58 +137,41 @@ class MemorySink:
 
 
 class StoreSink:
-    """Streams a C-STORE data set into a spool file, then ingests it."""
+    """Feeds a C-STORE data set to the store's ``Reception``; answers with its ``IngestResult``
+    and logs one line once the answer is on its way."""
 
     def __init__(
         self,
         app: ScpApplication,
         info: AssociationInfo,
         cmd: dimse.Command,
-        spool: SpoolFile,
+        reception: Reception,
     ) -> None:
-        self.app, self.info, self.cmd, self.spool = app, info, cmd, spool
+        self.app, self.info, self.cmd, self.reception = app, info, cmd, reception
         self.started = time.monotonic()
-        self.write_error: OSError | None = None
-
-    def write(self, data: memoryview) -> None:
-        if self.write_error is not None:
-            self.spool.size += len(data)
-            return
-        try:
-            self.spool.write(data)
-        except OSError as exc:
-            self.write_error = exc
-            self.spool.discard()
+        # Fragments and an abort go straight to the reception (no extra call per fragment).
+        self.write = reception.write
+        self.abort = reception.abort
 
     def complete(self) -> Reply:
-        spool = self.spool
-        reason: str | None
-        if self.write_error is not None:
-            code = status.OUT_OF_RESOURCES
-            reason = f"cannot write to the spool: {self.write_error.strerror}"
-            outcome = "refused"
-        else:
-            # The object is durable (or refused) when this returns; removing the spool link and
-            # logging wait until the response is on its way.
-            result = self.app.store.ingest(spool, keep_spool_link=True)
-            code, reason, outcome = result.status, result.reason, result.outcome
+        reception = self.reception
+        # The object is durable (or refused) when this returns; removing the spool link and
+        # logging wait until the response is on its way.
+        result = reception.complete()
 
         def after() -> None:
-            spool.discard()
+            reception.close()
             self.app.record_store(
                 self.info,
                 self.cmd,
-                code=code,
-                outcome=outcome,
-                reason=reason,
-                size=spool.size,
+                code=result.status,
+                outcome=result.outcome,
+                reason=result.reason,
+                size=reception.size,
                 started=self.started,
             )
 
-        return _reply(self.cmd, code, after=after)
-
-    def abort(self) -> None:
-        self.spool.discard()
+        return _reply(self.cmd, result.status, after=after)
 
 
 class ScpApplication:
@@ -307,10 +290,10 @@ class ScpApplication:
             source_address=info.address,
         )
         try:
-            spool = self.store.open_spool(request)
+            reception = self.store.receive(request)
         except OSError as exc:
             return refuse(status.OUT_OF_RESOURCES, f"cannot create a spool file: {exc.strerror}")
-        return StoreSink(self, info, cmd, spool)
+        return StoreSink(self, info, cmd, reception)
 
     def record_store(
         self,

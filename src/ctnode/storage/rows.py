@@ -1,0 +1,200 @@
+"""Index rows of the receive path: the row a stored object gets, and the two statements that
+look it up and insert it (``GroupCommit`` shares one transaction among concurrent inserts).
+
+The statements are SQLAlchemy Core, built and compiled once: the ORM's unit of work cost more
+than the SQLite commit itself per object (``bench/PROFILE.md``).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydicom.charset import convert_encodings, decode_bytes
+from sqlalchemy import Engine, Table, bindparam, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from ctnode.db.engine import READ_ONLY
+from ctnode.db.models import Instance
+from ctnode.db.types import utcnow
+from ctnode.dicom import scan as tags
+from ctnode.dicom.scan import ScanResult
+from ctnode.storage.spool import SpoolFile
+
+_INSTANCES = Instance.__table__
+assert isinstance(_INSTANCES, Table)
+_SELECT_EXISTING = select(
+    _INSTANCES.c.id,
+    _INSTANCES.c.sha256,
+    _INSTANCES.c.path,
+    _INSTANCES.c.deleted_at,
+    _INSTANCES.c.study_instance_uid,
+    _INSTANCES.c.series_instance_uid,
+).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
+_INSERT_INSTANCE = insert(_INSTANCES)
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingRow:
+    """The index row already holding an incoming SOP Instance UID."""
+
+    id: int
+    sha256: str
+    path: str
+    deleted_at: datetime | None
+    study_instance_uid: str
+    series_instance_uid: str
+
+
+def find_existing(engine: Engine, sop_instance_uid: str) -> ExistingRow | None:
+    """The row holding *sop_instance_uid* (removed or not), or None; SQLAlchemyError propagates.
+
+    A read-only transaction: on SQLite it neither takes nor waits for the write lock.
+    """
+    with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        row = conn.execute(_SELECT_EXISTING, {"uid": sop_instance_uid}).first()
+    if row is None:
+        return None
+    return ExistingRow(
+        row.id,
+        row.sha256,
+        row.path,
+        row.deleted_at,
+        row.study_instance_uid,
+        row.series_instance_uid,
+    )
+
+
+def decode_text(raw: bytes | None, charset: bytes | None) -> str | None:
+    """An indexed text value decoded per Specific Character Set (latin-1 if that is broken)."""
+    if not raw:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        terms = (
+            charset.decode("ascii", errors="replace").strip("\x00 ").split("\\") if charset else []
+        )
+        try:
+            encodings = convert_encodings(terms or ["ISO_IR 6"])
+            text = decode_bytes(raw, encodings, {0x5E, 0x3D})
+        except Exception:  # a broken charset must not refuse the object
+            text = raw.decode("latin-1")
+    return text.strip("\x00 ") or None
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw.strip())
+    except ValueError:
+        return None
+
+
+def row_values(spool: SpoolFile, scan: ScanResult, rel: str, node_name: str) -> dict[str, Any]:
+    """The ``instances`` row of a scanned spool file stored at *rel* (under ``store/``)."""
+    request = spool.request
+    charset = scan.values.get(tags.SPECIFIC_CHARACTER_SET)
+    return {
+        "sop_instance_uid": request.sop_instance_uid,
+        "sop_class_uid": request.sop_class_uid,
+        "study_instance_uid": scan.text(tags.STUDY_INSTANCE_UID),
+        "series_instance_uid": scan.text(tags.SERIES_INSTANCE_UID),
+        "patient_id": decode_text(scan.values.get(tags.PATIENT_ID), charset),
+        "patient_name": decode_text(scan.values.get(tags.PATIENT_NAME), charset),
+        "study_date": (scan.text(tags.STUDY_DATE) or "")[:8] or None,
+        "study_time": (scan.text(tags.STUDY_TIME) or "")[:16] or None,
+        "accession_number": (decode_text(scan.values.get(tags.ACCESSION_NUMBER), charset) or "")[
+            :16
+        ]
+        or None,
+        "study_description": (decode_text(scan.values.get(tags.STUDY_DESCRIPTION), charset) or "")[
+            :64
+        ]
+        or None,
+        "series_description": (
+            decode_text(scan.values.get(tags.SERIES_DESCRIPTION), charset) or ""
+        )[:64]
+        or None,
+        "modality": (scan.text(tags.MODALITY) or "")[:16] or None,
+        "series_number": _int_or_none(scan.text(tags.SERIES_NUMBER)),
+        "instance_number": _int_or_none(scan.text(tags.INSTANCE_NUMBER)),
+        "transfer_syntax_uid": request.transfer_syntax_uid,
+        "size_bytes": spool.size,
+        "sha256": spool.sha256,
+        "calling_ae": request.calling_ae,
+        "source_address": request.source_address,
+        "received_at": utcnow(),
+        "path": rel,
+        "node_name": node_name,
+        "deleted_at": None,
+    }
+
+
+@dataclass(slots=True)
+class _PendingRow:
+    values: dict[str, Any]
+    done: bool = False
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Inserts index rows; rows of concurrent callers share one transaction (one log flush).
+
+    A caller that finds no commit in progress commits its row at once (a lone association pays
+    nothing for this). Callers arriving while a commit is in progress queue their rows; when it
+    ends, one of them commits the whole queue in one transaction. Each caller returns only once
+    *its* row is committed, or raises what committing it raised: an IntegrityError fails only
+    the row that caused it (the batch is retried row by row); any other error fails the batch.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._queue: list[_PendingRow] = []
+        self._busy = False
+
+    def insert(self, values: dict[str, Any]) -> None:
+        """Insert one row and commit it (durably, as the engine commits)."""
+        mine = _PendingRow(values)
+        with self._cond:
+            self._queue.append(mine)
+            while self._busy and not mine.done:
+                self._cond.wait()
+            if not mine.done:
+                batch, self._queue = self._queue, []
+                self._busy = True
+        if not mine.done:
+            try:
+                self._commit(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+        if mine.error is not None:
+            raise mine.error
+
+    def _commit(self, batch: list[_PendingRow]) -> None:
+        try:
+            self._transaction(batch)
+        except IntegrityError as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                for row in batch:
+                    try:
+                        self._transaction([row])
+                    except Exception as row_exc:  # handed to that row's caller
+                        row.error = row_exc
+        except BaseException as exc:
+            for row in batch:
+                row.error = exc
+        for row in batch:
+            row.done = True
+
+    def _transaction(self, rows: list[_PendingRow]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_INSERT_INSTANCE, [row.values for row in rows])
