@@ -104,7 +104,7 @@ def test_rj_abort_release_encodings() -> None:
     [
         lambda b: b[:40],  # shorter than fixed fields
         lambda b: b + b"\x20\x00\xff\xff",  # item runs past the PDU
-        lambda b: b + b"\x99\x00\x00\x00",  # unknown item type
+        lambda b: b + b"\x99\x00\x00\x05",  # unknown item whose length runs past the PDU
     ],
 )
 def test_malformed_rq_raises_pdu_error(mutate: object) -> None:
@@ -112,6 +112,75 @@ def test_malformed_rq_raises_pdu_error(mutate: object) -> None:
     raw = _pynetdicom_rq()[6:]
     with pytest.raises(P.PDUError):
         P.decode_associate_rq(mutate(raw))  # type: ignore[operator]
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    return struct.pack(">BxH", item_type, len(value)) + value
+
+
+def _rq_body(*context_ids: int, extra_items: bytes = b"", context_extra: bytes = b"") -> bytes:
+    """An A-ASSOCIATE-RQ body proposing Verification under each of *context_ids*."""
+    fixed = struct.pack(">HH", 1, 0) + b"CTNODE".ljust(16) + b"MODALITY".ljust(16) + bytes(32)
+    contexts = b"".join(
+        _item(
+            0x20,
+            bytes([cid, 0, 0, 0])
+            + _item(0x30, b"1.2.840.10008.1.1")
+            + _item(0x40, b"1.2.840.10008.1.2")
+            + context_extra,
+        )
+        for cid in context_ids
+    )
+    user = _item(0x50, _item(0x51, struct.pack(">L", 16384)) + _item(0x52, b"1.2.3"))
+    return fixed + _item(0x10, P.APPLICATION_CONTEXT.encode()) + contexts + user + extra_items
+
+
+def test_unknown_items_and_sub_items_are_skipped() -> None:
+    """PS3.8 9.3.1: items and sub-items of unrecognised type are ignored and skipped, by their
+    length, wherever they appear (RQ items, presentation context and user information
+    sub-items); the rest decodes as without them."""
+    plain = P.decode_associate_rq(_rq_body(1, 3))
+    unknown = _item(0x99, b"\x01\x02\x03")
+    body = _rq_body(1, 3, extra_items=unknown, context_extra=unknown)
+    body = body[:68] + unknown + body[68:]
+    rq = P.decode_associate_rq(body)
+    assert rq.contexts == plain.contexts
+    assert rq.application_context == P.APPLICATION_CONTEXT
+    assert rq.user.max_pdu_length == 16384
+    ac = P.encode_associate_ac(P.AssociateAC(called_ae="A", calling_ae="B"))
+    assert P.decode_associate_ac(ac[6:] + unknown).called_ae == "A"
+
+
+@pytest.mark.parametrize("ids", [(0,), (2,), (1, 254), (1, 1), (3, 5, 3)])
+def test_invalid_context_ids_raise_invalid_parameter(ids: tuple[int, ...]) -> None:
+    """PS3.8 9.3.2.2: presentation context IDs are odd, 1-255, one per context; ID 0, an even
+    ID or a repeated ID is a PDUError with A-ABORT reason 6 (invalid parameter value)."""
+    with pytest.raises(P.PDUError) as caught:
+        P.decode_associate_rq(_rq_body(*ids))
+    assert caught.value.abort_reason == P.ABORT_INVALID_PARAMETER
+
+
+def test_context_ids_1_to_255_decode() -> None:
+    """Every odd ID from 1 to 255, each once, is valid (128 contexts)."""
+    ids = tuple(range(1, 256, 2))
+    assert [c.context_id for c in P.decode_associate_rq(_rq_body(*ids)).contexts] == list(ids)
+
+
+@pytest.mark.parametrize("item_type", [0x10, 0x50])
+def test_second_application_context_or_user_information_is_unexpected(item_type: int) -> None:
+    """PS3.8 9.3.2 Table 9-11: one Application Context and one User Information item; a second
+    one is a PDUError with A-ABORT reason 5 (unexpected parameter), never silently used."""
+    body = _rq_body(1)
+    first = P.decode_associate_rq(body)
+    assert first.contexts and first.user.max_pdu_length == 16384
+    second = (
+        _item(0x10, P.APPLICATION_CONTEXT.encode())
+        if item_type == 0x10
+        else _item(0x50, _item(0x51, struct.pack(">L", 0)))
+    )
+    with pytest.raises(P.PDUError) as caught:
+        P.decode_associate_rq(body + second)
+    assert caught.value.abort_reason == P.ABORT_UNEXPECTED_PARAMETER
 
 
 def test_pdv_split_and_bounds() -> None:

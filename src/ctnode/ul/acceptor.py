@@ -26,7 +26,18 @@ from ctnode.dicom.contexts import (
     negotiate_role,
 )
 from ctnode.ul import pdu as P
-from ctnode.ul.dimse import NO_DATASET, Command, CommandError, decode_command, encode_command
+from ctnode.ul.dimse import (
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    N_DELETE_RQ,
+    N_GET_RQ,
+    NO_DATASET,
+    Command,
+    CommandError,
+    decode_command,
+    encode_command,
+)
 from ctnode.ul.transport import (
     PduReader,
     PeerClosed,
@@ -170,6 +181,11 @@ class AbortAssociation(Exception):
         self.source, self.reason = source, reason
 
 
+#: Requests PS3.7 defines without a data set (Command Data Set Type 0101H): C-ECHO-RQ (9.3.5),
+#: C-CANCEL-RQ (9.3.2.3), N-GET-RQ (10.3.2), N-DELETE-RQ (10.3.6).
+_REQUESTS_WITHOUT_DATASET = frozenset({C_ECHO_RQ, C_CANCEL_RQ, N_GET_RQ, N_DELETE_RQ})
+
+
 def new_association_id() -> str:
     """A short random id for log correlation."""
     return secrets.token_hex(4)
@@ -222,6 +238,9 @@ class _Acceptor:
         self.stopping = stopping
         self.reader = PduReader(sock, limits.max_pdu_length, limits.network_timeout)
         self.sink: DatasetSink | None = None
+        #: Bytes of the current data set so far, and its bound (None: C-STORE, streamed to disk).
+        self.dataset_bytes = 0
+        self.dataset_limit: int | None = None
 
     # -- sending ---------------------------------------------------------------------
 
@@ -333,7 +352,16 @@ class _Acceptor:
                 P.RJ_CALLED_AE_NOT_RECOGNIZED,
                 f"called AE title {rq.called_ae!r} is not ours ({self.limits.our_ae_title!r})",
             )
-        return self.app.associate(rq, self.info)
+        decision = self.app.associate(rq, self.info)
+        if isinstance(decision, Accept) and not rq.contexts:
+            return Reject(
+                P.RJ_PERMANENT,
+                P.RJ_SOURCE_USER,
+                P.RJ_NO_REASON,
+                "A-ASSOCIATE-RQ proposes no presentation context (PS3.8 9.3.2 requires one or "
+                "more): fix the calling device's configuration",
+            )
+        return decision
 
     # -- data transfer ----------------------------------------------------------------
 
@@ -384,6 +412,7 @@ class _Acceptor:
                                 "data set fragment without a command announcing it",
                                 reason=P.ABORT_UNEXPECTED_PDU,
                             )
+                        self._bound_dataset(len(data))
                         self.sink.write(data)
                         if is_last:
                             sink, self.sink = self.sink, None
@@ -420,12 +449,28 @@ class _Acceptor:
                 f"undecodable command set: {exc}", reason=P.ABORT_INVALID_PARAMETER
             ) from exc
         if cmd.has_dataset:
+            if cmd.field in _REQUESTS_WITHOUT_DATASET:
+                raise AbortAssociation(
+                    f"{cmd.name} announces a data set, which PS3.7 does not allow "
+                    "(Command Data Set Type must be 0101H)",
+                    reason=P.ABORT_INVALID_PARAMETER,
+                )
             self.sink = self.app.begin(self.info, ctx, cmd)
+            self.dataset_bytes = 0
+            self.dataset_limit = None if cmd.field == C_STORE_RQ else MAX_SMALL_DATASET
             return (ctx.context_id, cmd)
         reply = self.app.handle(self.info, ctx, cmd)
         if reply is not None:
             self._answer(ctx.context_id, reply)
         return None
+
+    def _bound_dataset(self, more: int) -> None:
+        self.dataset_bytes += more
+        if self.dataset_limit is not None and self.dataset_bytes > self.dataset_limit:
+            raise AbortAssociation(
+                f"data set of a non-storage message larger than {self.dataset_limit} bytes",
+                reason=P.ABORT_INVALID_PARAMETER,
+            )
 
     def _answer(self, context_id: int, reply: Reply) -> None:
         try:

@@ -13,24 +13,29 @@ from typing import Final
 
 from ctnode.dicom.uids import is_valid_uid
 
+# Command Field values (PS3.7 Annex E.1); a response is its request with bit 15 set.
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
 C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
 C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 N_EVENT_REPORT_RQ, N_EVENT_REPORT_RSP = 0x0100, 0x8100
-N_GET_RQ, N_SET_RQ = 0x0110, 0x0120
+N_GET_RQ, N_GET_RSP = 0x0110, 0x8110
+N_SET_RQ, N_SET_RSP = 0x0120, 0x8120
 N_ACTION_RQ, N_ACTION_RSP = 0x0130, 0x8130
-N_CREATE_RQ, N_DELETE_RQ = 0x0140, 0x0150
+N_CREATE_RQ, N_CREATE_RSP = 0x0140, 0x8140
+N_DELETE_RQ, N_DELETE_RSP = 0x0150, 0x8150
 C_CANCEL_RQ = 0x0FFF
 
 NO_DATASET: Final = 0x0101
 HAS_DATASET: Final = 0x0000
 
-COMMAND_NAMES: dict[int, str] = {
+#: Every Command Field of PS3.7 Annex E.1 -> its name in logs (``C-GET-RSP``).
+COMMAND_NAMES: Final[Mapping[int, str]] = {
     C_STORE_RQ: "C-STORE-RQ",
     C_STORE_RSP: "C-STORE-RSP",
     C_GET_RQ: "C-GET-RQ",
+    C_GET_RSP: "C-GET-RSP",
     C_FIND_RQ: "C-FIND-RQ",
     C_FIND_RSP: "C-FIND-RSP",
     C_MOVE_RQ: "C-MOVE-RQ",
@@ -40,11 +45,15 @@ COMMAND_NAMES: dict[int, str] = {
     N_EVENT_REPORT_RQ: "N-EVENT-REPORT-RQ",
     N_EVENT_REPORT_RSP: "N-EVENT-REPORT-RSP",
     N_GET_RQ: "N-GET-RQ",
+    N_GET_RSP: "N-GET-RSP",
     N_SET_RQ: "N-SET-RQ",
+    N_SET_RSP: "N-SET-RSP",
     N_ACTION_RQ: "N-ACTION-RQ",
     N_ACTION_RSP: "N-ACTION-RSP",
     N_CREATE_RQ: "N-CREATE-RQ",
+    N_CREATE_RSP: "N-CREATE-RSP",
     N_DELETE_RQ: "N-DELETE-RQ",
+    N_DELETE_RSP: "N-DELETE-RSP",
     C_CANCEL_RQ: "C-CANCEL-RQ",
 }
 

@@ -163,13 +163,17 @@ def _items(body: bytes | memoryview, start: int, end: int) -> list[tuple[int, in
         item_type, length = _ITEM.unpack_from(body, pos)
         pos += 4
         if pos + length > end:
-            raise PDUError(f"item 0x{item_type:02X} length {length} runs past its PDU")
+            raise PDUError(
+                f"item 0x{item_type:02X} length {length} runs past the item or PDU holding it"
+            )
         out.append((item_type, pos, pos + length))
         pos += length
     return out
 
 
 def _decode_user_info(body: bytes, start: int, end: int) -> UserInformation:
+    """The User Information item (PS3.8 9.3.2.3, PS3.7 Annex D.3.3); sub-items ctnode does not
+    interpret, known or not, are kept raw in ``other`` and otherwise ignored (PS3.8 9.3.1)."""
     info = UserInformation()
     for sub_type, s, e in _items(body, start, end):
         value = body[s:e]
@@ -205,46 +209,75 @@ def _decode_fixed(body: bytes) -> tuple[int, str, str]:
     return version, _ae(body[4:20]), _ae(body[20:36])
 
 
+def _decode_context_rq(body: bytes, start: int, end: int) -> PresentationContextRQ:
+    """A presentation context item of an A-ASSOCIATE-RQ (PS3.8 9.3.2.2).
+
+    Its ID must be odd (1-255, Table 9-13); sub-items other than abstract and transfer syntax
+    are skipped (PS3.8 9.3.1).
+    """
+    if end - start < 4:
+        raise PDUError("truncated presentation context item")
+    context_id = body[start]
+    if context_id % 2 == 0:
+        raise PDUError(
+            f"presentation context ID {context_id} is not odd: PS3.8 9.3.2.2 requires odd IDs "
+            "from 1 to 255 (a fault of the calling device's DICOM stack)"
+        )
+    abstract = ""
+    syntaxes: list[str] = []
+    for sub_type, s, e in _items(body, start + 4, end):
+        if sub_type == 0x30:
+            abstract = _uid(body[s:e])
+        elif sub_type == 0x40:
+            syntaxes.append(_uid(body[s:e]))
+    return PresentationContextRQ(context_id, abstract, tuple(syntaxes))
+
+
 def decode_associate_rq(body: bytes) -> AssociateRQ:
-    """Decode the body of an A-ASSOCIATE-RQ."""
+    """Decode the body of an A-ASSOCIATE-RQ.
+
+    Items of unknown type are skipped (PS3.8 9.3.1). PDUError for a presentation context ID
+    that is even or used twice (reason 6), and for a second Application Context or User
+    Information item (reason 5: Table 9-11 allows one of each).
+    """
     version, called, calling = _decode_fixed(body)
     rq = AssociateRQ(called_ae=called, calling_ae=calling, protocol_version=version)
-    app_context_seen = False
+    app_context_seen = user_seen = False
+    context_ids: set[int] = set()
     for item_type, s, e in _items(body, 68, len(body)):
         if item_type == 0x10:
+            if app_context_seen:
+                raise PDUError(
+                    "A-ASSOCIATE-RQ carries two Application Context items (PS3.8 9.3.2 allows one)",
+                    ABORT_UNEXPECTED_PARAMETER,
+                )
             rq.application_context = _uid(body[s:e])
             app_context_seen = True
         elif item_type == 0x20:
-            if e - s < 4:
-                raise PDUError("truncated presentation context item")
-            context_id = body[s]
-            abstract = ""
-            syntaxes: list[str] = []
-            for sub_type, ss, se in _items(body, s + 4, e):
-                if sub_type == 0x30:
-                    abstract = _uid(body[ss:se])
-                elif sub_type == 0x40:
-                    syntaxes.append(_uid(body[ss:se]))
-                else:
-                    raise PDUError(
-                        f"unexpected sub-item 0x{sub_type:02X} in a presentation context",
-                        ABORT_UNEXPECTED_PARAMETER,
-                    )
-            rq.contexts.append(PresentationContextRQ(context_id, abstract, tuple(syntaxes)))
+            context = _decode_context_rq(body, s, e)
+            if context.context_id in context_ids:
+                raise PDUError(
+                    f"A-ASSOCIATE-RQ proposes presentation context ID {context.context_id} "
+                    "twice: each context needs its own ID (PS3.8 7.1.1.13)"
+                )
+            context_ids.add(context.context_id)
+            rq.contexts.append(context)
         elif item_type == 0x50:
+            if user_seen:
+                raise PDUError(
+                    "A-ASSOCIATE-RQ carries two User Information items (PS3.8 9.3.2 allows one)",
+                    ABORT_UNEXPECTED_PARAMETER,
+                )
             rq.user = _decode_user_info(body, s, e)
-        else:
-            raise PDUError(
-                f"unrecognised item 0x{item_type:02X} in A-ASSOCIATE-RQ",
-                ABORT_UNRECOGNIZED_PARAMETER,
-            )
+            user_seen = True
     if not app_context_seen:
         rq.application_context = ""
     return rq
 
 
 def decode_associate_ac(body: bytes) -> AssociateAC:
-    """Decode the body of an A-ASSOCIATE-AC."""
+    """Decode the body of an A-ASSOCIATE-AC; items and sub-items of unknown type are skipped
+    (PS3.8 9.3.1)."""
     version, called, calling = _decode_fixed(body)
     ac = AssociateAC(called_ae=called, calling_ae=calling, protocol_version=version)
     for item_type, s, e in _items(body, 68, len(body)):
