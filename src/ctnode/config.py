@@ -95,6 +95,9 @@ class NodeSettings(_Model):
     timeouts: NodeTimeouts = NodeTimeouts()
     #: Maximum PDU length we offer to senders (bytes). Larger PDUs mean fewer reads per object.
     max_pdu_length: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 262144
+    #: Largest data set a peer may send us on an outbound association (a C-FIND identifier,
+    #: an N-ACTION or N-EVENT-REPORT reply, a failed-instance list); beyond it ctnode aborts.
+    max_response_dataset_bytes: Annotated[ByteSize, Field(ge=1 << 16)] = ByteSize(16 << 20)
     #: On SIGTERM, in-flight associations get this long to finish.
     shutdown_grace: Seconds = 30
     tls: TlsSettings = TlsSettings()

@@ -198,3 +198,19 @@ def test_pdata_header() -> None:
     """Header of a one-PDV P-DATA-TF: lengths and message control bits."""
     header = P.pdata_header(5, True, True, 10)
     assert header == b"\x04\x00" + struct.pack(">L", 16) + struct.pack(">LBB", 12, 5, 3)
+
+
+@pytest.mark.parametrize(
+    ("max_pdu", "capacity"),
+    [(4097, 4090), (4096, 4090), (4099, 4092), (512, 506), (16383, 16376), (8, 2), (7, 2), (1, 2)],
+)
+def test_pdv_capacity_is_even_and_within_the_maximum(max_pdu: int, capacity: int) -> None:
+    """PS3.8 D.1 and Annex E: data per one-PDV P-DATA-TF is the peer's maximum less the 6-byte
+    PDV item header, rounded down to even (odd maxima included); a maximum below 8 still gets
+    an even fragment of 2 bytes."""
+    assert P.pdv_capacity(max_pdu) == capacity
+
+
+def test_pdv_capacity_unlimited() -> None:
+    """A maximum of 0 (no limit, PS3.8 D.1) still fragments, at an even 16 MiB."""
+    assert P.pdv_capacity(0) == 1 << 24

@@ -40,4 +40,5 @@ def params_for(
         server_name=peer.config.tls.server_name,
         label=peer.name,
         observer=observer,
+        max_response_dataset_bytes=node.max_response_dataset_bytes,
     )

@@ -396,14 +396,16 @@ def encode_abort(source: int = ABORT_SOURCE_USER, reason: int = 0) -> bytes:
 
 
 def pdv_capacity(max_pdu_length: int) -> int:
-    """Data bytes per PDV so a one-PDV P-DATA-TF stays within a peer's maximum PDU length.
+    """Data bytes per PDV so a one-PDV P-DATA-TF stays within a peer's maximum PDU length
+    (PS3.8 D.1: the PDU length, 6 bytes of PDV item header included), rounded down to even
+    (PS3.8 Annex E: fragment lengths are even; an odd maximum such as 4097 gives 4090).
 
-    0 means unlimited (we still fragment, at 16 MiB). A maximum below 7 leaves no room for data;
-    such a peer gets one byte per PDV rather than an endless stream of empty ones.
+    0 means unlimited (we still fragment, at 16 MiB). A maximum below 8 leaves no room for an
+    even fragment; such a peer gets two bytes per PDV rather than an endless stream of empty ones.
     """
     if max_pdu_length <= 0:
         return 1 << 24
-    return max(max_pdu_length - 6, 1)
+    return max(max_pdu_length - 6, 2) & ~1
 
 
 def pdata_header(context_id: int, is_command: bool, is_last: bool, data_length: int) -> bytes:

@@ -23,7 +23,20 @@ from typing import Protocol, Self
 
 from ctnode.errors import AssociationAborted, AssociationRejected, PeerUnreachable
 from ctnode.ul import pdu as P
-from ctnode.ul.dimse import Command, CommandError, decode_command, encode_command
+from ctnode.ul.dimse import (
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_ECHO_RSP,
+    C_STORE_RSP,
+    N_DELETE_RQ,
+    N_DELETE_RSP,
+    N_GET_RQ,
+    Command,
+    CommandError,
+    decode_command,
+    encode_command,
+)
+from ctnode.ul.limits import MAX_COMMAND_BYTES, MAX_SMALL_DATASET
 from ctnode.ul.transport import (
     PduReader,
     PeerClosed,
@@ -42,6 +55,15 @@ RJ_REASONS = {
     (3, 1): "temporary congestion",
     (3, 2): "local limit exceeded",
 }
+
+
+#: Messages that never carry a data set (PS3.7 9.3 and 10.3: C-ECHO, the C-STORE response,
+#: C-CANCEL, the N-GET request, N-DELETE); one that announces one is a protocol violation. A
+#: pending C-FIND-RSP (identifier), a C-MOVE/C-GET-RSP (failed SOP instance list) and the
+#: N-EVENT-REPORT/N-ACTION messages may carry one, bounded by ``max_response_dataset_bytes``.
+NO_DATASET_COMMANDS = frozenset(
+    {C_ECHO_RQ, C_ECHO_RSP, C_STORE_RSP, C_CANCEL_RQ, N_GET_RQ, N_DELETE_RQ, N_DELETE_RSP}
+)
 
 
 class FileReadError(Exception):
@@ -165,6 +187,8 @@ class AssociationParams:
     #: Peer name for metrics (low cardinality), and who to tell.
     label: str = "unknown"
     observer: AssociationObserver | None = None
+    #: Largest data set accepted in one message from the peer (``MAX_SMALL_DATASET``).
+    max_response_dataset_bytes: int = MAX_SMALL_DATASET
 
 
 class Requestor:
@@ -366,7 +390,9 @@ class Requestor:
         fields: Mapping[str, object],
         dataset: bytes | memoryview | FileSegment | None = None,
     ) -> None:
-        """Send a command (and data set) in P-DATA-TF PDUs within the peer's maximum length.
+        """Send a command (and data set) in P-DATA-TF PDUs within the peer's maximum length
+        (PS3.8 D.1), in fragments of even length (PS3.8 Annex E, ``P.pdv_capacity``). A data set
+        of odd length (a deflated stream, PS3.5 A.5) goes out padded with one 0x00 (PS3.5 7.1).
 
         A ``FileSegment`` is streamed from disk one PDU at a time (no whole-file copy in
         memory). OSError while reading the file propagates as is (the association is aborted);
@@ -377,7 +403,7 @@ class Requestor:
         else:
             fields = {**fields, "CommandDataSetType": 0x0101}
         timeout = self.params.timeouts.network
-        max_fragment = max((self.peer_max_pdu or (1 << 20)) - 6, 1024)
+        max_fragment = P.pdv_capacity(self.peer_max_pdu or (1 << 20))
         try:
             command = encode_command(fields)  # type: ignore[arg-type]
             self._send_fragments(context_id, memoryview(command), True, max_fragment, timeout)
@@ -396,7 +422,8 @@ class Requestor:
         """Stream a file segment in windows of up to 8 MiB (at most ``MAX_IOV`` PDUs): each
         window is read with one ``preadv`` straight into a buffer laid out as P-DATA-TF PDUs
         (the file's bytes land between the headers: no copy in Python) and sent with one
-        ``sendall`` — two system calls per object of ordinary size."""
+        ``sendall`` — two system calls per object of ordinary size. *size* is even, so only the
+        very last fragment of an odd-length segment is odd: it gets its 0x00 pad in its slot."""
         assert self.sock is not None
         size = min(size, 4 << 20)
         per_window = max(1, min((8 << 20) // size, MAX_IOV))
@@ -426,6 +453,9 @@ class Requestor:
                     _HEADER_FULL.pack_into(out, i * stride, *self._full_header(context_id, size))
                 self._headers_valid = count - 1  # the last slot's header differs
                 last_length = tail or size
+                if last_length & 1:  # the end of an odd-length segment (PS3.5 7.1 padding)
+                    out[(count - 1) * stride + 12 + last_length] = 0
+                    last_length += 1
                 out[(count - 1) * stride : (count - 1) * stride + 12] = P.pdata_header(
                     context_id, False, remaining == 0, last_length
                 )
@@ -456,15 +486,23 @@ class Requestor:
     def _send_fragments(
         self, context_id: int, view: memoryview, command: bool, size: int, timeout: float
     ) -> None:
+        """Send *view* in fragments of *size* (even) bytes; an odd total gets a 0x00 pad."""
         pos = 0
         total = len(view)
         while True:
             chunk = view[pos : pos + size]
             pos += len(chunk)
-            last = pos >= total
-            self._sendmsg([P.pdata_header(context_id, command, last, len(chunk)), chunk], timeout)
-            if last:
-                return
+            if pos < total:
+                self._sendmsg([P.pdata_header(context_id, command, False, size), chunk], timeout)
+                continue
+            if total & 1:
+                header = P.pdata_header(context_id, command, True, len(chunk) + 1)
+                self._sendmsg([header, chunk, b"\x00"], timeout)
+            else:
+                self._sendmsg(
+                    [P.pdata_header(context_id, command, True, len(chunk)), chunk], timeout
+                )
+            return
 
     def receive(self, timeout: float | None = None) -> Message:
         """The next complete message from the peer (raises AssociationAborted on failure)."""
@@ -485,17 +523,29 @@ class Requestor:
                             )
                         context = context_id
                         if control & 1:
+                            if data_buf is not None:
+                                raise AssociationAborted(
+                                    f"{self.peer_label} sent a command fragment inside a data set"
+                                )
                             command_buf += data
+                            if len(command_buf) > MAX_COMMAND_BYTES:
+                                raise AssociationAborted(
+                                    f"{self.peer_label} sent a command set larger than "
+                                    f"{MAX_COMMAND_BYTES} bytes (a real one is under 1 KiB)"
+                                )
                             if control & 2:
                                 cmd = decode_command(bytes(command_buf))
                                 if not cmd.has_dataset:
                                     return Message(context_id, cmd, None)
+                                self._check_dataset_allowed(cmd)
                                 data_buf = bytearray()
                         else:
                             if data_buf is None or cmd is None:
                                 raise AssociationAborted(
                                     f"{self.peer_label} sent a data set before its command"
                                 )
+                            if len(data_buf) + len(data) > self.params.max_response_dataset_bytes:
+                                raise AssociationAborted(self._too_large(cmd))
                             data_buf += data
                             if control & 2:
                                 return Message(context_id, cmd, bytes(data_buf))
@@ -528,6 +578,22 @@ class Requestor:
         except AssociationAborted:
             self.abort()
             raise
+
+    def _check_dataset_allowed(self, cmd: Command) -> None:
+        """AssociationAborted if *cmd* announces a data set its message never carries."""
+        if cmd.get("CommandField") in NO_DATASET_COMMANDS:
+            raise AssociationAborted(
+                f"{self.peer_label} sent a {cmd.name} announcing a data set, which PS3.7 does "
+                "not allow for that message (a broken peer: its DICOM conformance needs fixing)"
+            )
+
+    def _too_large(self, cmd: Command) -> str:
+        limit = self.params.max_response_dataset_bytes
+        return (
+            f"{self.peer_label} sent a {cmd.name} data set larger than {limit} bytes "
+            "(node.max_response_dataset_bytes); raise that setting if this peer's responses "
+            "are legitimately larger"
+        )
 
     def receive_response(self, message_id: int, timeout: float | None = None) -> Message:
         """The next response to *message_id*; requests from the peer go to ``on_request``."""
@@ -599,7 +665,8 @@ class Requestor:
     # -- end ----------------------------------------------------------------------------
 
     def release(self) -> None:
-        """A-RELEASE-RQ, wait for A-RELEASE-RP (bounded), close."""
+        """A-RELEASE-RQ, wait for A-RELEASE-RP (bounded by the ACSE timeout), close. A peer's
+        A-RELEASE-RQ meanwhile (a release collision) is answered and the wait goes on."""
         if self.sock is None:
             return
         assert self.reader is not None
@@ -613,9 +680,10 @@ class Requestor:
                 pdu_type, _ = self.reader.read_pdu(first_timeout=left)
                 if pdu_type in (P.A_RELEASE_RP, P.A_ABORT):
                     break
-                if pdu_type == P.A_RELEASE_RQ:  # release collision: answer and finish
+                if pdu_type == P.A_RELEASE_RQ:
+                    # Release collision (PS3.8 9.2.2, Sta9): answer, then keep waiting for the
+                    # peer's A-RELEASE-RP (Sta11) and close only once it has come (AR-3).
                     self._send(P.encode_release_rp(), self.params.timeouts.network)
-                    break
             self.released = True
         except (OSError, PeerClosed, ReadTimeout, P.PDUError):
             pass
