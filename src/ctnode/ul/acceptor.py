@@ -38,6 +38,7 @@ from ctnode.ul.dimse import (
     decode_command,
     encode_command,
 )
+from ctnode.ul.limits import MAX_COMMAND_BYTES, MAX_SMALL_DATASET
 from ctnode.ul.transport import (
     PduReader,
     PeerClosed,
@@ -45,11 +46,6 @@ from ctnode.ul.transport import (
     close_gracefully,
     send_all,
 )
-
-#: Largest command set accepted (a real one is under 1 KiB).
-MAX_COMMAND_BYTES = 64 * 1024
-#: Largest data set held in memory for non-storage messages (N-EVENT-REPORT etc.).
-MAX_SMALL_DATASET = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
