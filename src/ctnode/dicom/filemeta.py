@@ -7,7 +7,11 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ctnode.dicom.uids import ae_title_problem
+from ctnode.dicom.uids import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    ae_title_problem,
+)
 
 PREAMBLE = bytes(128) + b"DICM"
 
@@ -35,8 +39,6 @@ def file_meta(
     title: a caller on an open node can call itself anything (non-ASCII bytes, control
     characters, backslashes), and none of that belongs in a stored file.
     """
-    from ctnode.ul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-
     if source_ae_title is not None and ae_title_problem(source_ae_title) is not None:
         source_ae_title = None
     body = b"".join(

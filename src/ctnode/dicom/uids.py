@@ -16,6 +16,12 @@ _UID_LENIENT_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 #: Prefix of UIDs derived from a UUID (PS3.5 B.2).
 UUID_ROOT = "2.25."
 
+#: ctnode's Implementation Class UID: sent in every A-ASSOCIATE-RQ/AC (PS3.7 D.3.3.2) and
+#: written into the file meta information of every stored file (PS3.10 7.1, (0002,0012)).
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1405.1"
+#: ctnode's Implementation Version Name (PS3.7 D.3.3.2.3, (0002,0013)): 1-16 characters.
+IMPLEMENTATION_VERSION_NAME = "CTNODE_01"
+
 
 def is_valid_uid(value: object, *, strict: bool = False) -> bool:
     """Return True if *value* is a UID safe to use as a path component and key.

@@ -25,6 +25,7 @@ from ctnode.dicom.contexts import (
     negotiate,
     negotiate_role,
 )
+from ctnode.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ctnode.ul import pdu as P
 from ctnode.ul.dimse import (
     C_CANCEL_RQ,
@@ -313,8 +314,8 @@ class _Acceptor:
             ],
             user=P.UserInformation(
                 max_pdu_length=self.limits.max_pdu_length,
-                implementation_class_uid=P.IMPLEMENTATION_CLASS_UID,
-                implementation_version_name=P.IMPLEMENTATION_VERSION_NAME,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
                 roles=roles,
             ),
         )

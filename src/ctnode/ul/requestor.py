@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
 
+from ctnode.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ctnode.errors import AssociationAborted, AssociationRejected, PeerUnreachable
 from ctnode.ul import pdu as P
 from ctnode.ul.dimse import (
@@ -262,8 +263,8 @@ class Requestor:
             contexts=contexts,
             user=P.UserInformation(
                 max_pdu_length=p.max_pdu_length,
-                implementation_class_uid=P.IMPLEMENTATION_CLASS_UID,
-                implementation_version_name=P.IMPLEMENTATION_VERSION_NAME,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
                 roles=list(p.roles),
             ),
         )
