@@ -7,8 +7,11 @@ by Transaction UID *and* sender, and applied in one database transaction
 (``queue.commitment.CommitmentRepository.apply_report``); the waiting commit job is then runnable
 and a worker concludes it. Statuses of the N-EVENT-REPORT-RSP:
 
-* 0x0000 processed: applied, a late report for an expired transaction (its commitments are
-  recorded), or a repeat of a report already applied (nothing changes)
+* 0x0000 processed: applied (on time); applied late — the transaction is expired or superseded
+  but its job is not finished, so the report is applied under the newest-question rule of
+  ``queue.commitment`` (an older transaction never downgrades an instance, and the job is woken
+  once nothing is left pending); noted for a job that has finished (results not applied); or a
+  repeat of a report already processed (nothing changes)
 * 0x0110 processing failure: unknown Transaction UID, a report from anyone but the peer that was
   asked (calling AE title and configured host), an undecodable data set, or the database failed;
   nothing changes
@@ -145,9 +148,11 @@ class Reconciler:
             "status": st.hex_status(result.status),
             "job": tx.job_id if tx else None,
             "peer": tx.peer if tx else None,
+            "transaction_state": tx.state.value if tx else None,
             "committed": len(result.committed),
             "failed": result.failed,
             "ignored": len(result.ignored),
+            "woken": result.woken,
         }
         if result.ignored:
             line["ignored_uids"] = list(result.ignored[:10])

@@ -266,32 +266,146 @@ def test_duplicate_report_changes_nothing(
     assert all(state == ItemState.SUCCEEDED for state, _ in _states(repo, job.id).values())
 
 
-def test_late_report_records_only_commitments(
+def _expired_then_asked_again(
+    repo: JobRepository, commits: CommitmentRepository, old: str, new: str
+) -> Job:
+    """A commit job whose round *old* expired and whose round *new* (all instances) waits."""
+    job = _claimed_commit_job(repo)
+    ids = [i.id for i in repo.items(job.id)]
+    for uid, seconds in ((old, 0.01), (new, 3600.0)):
+        assert commits.begin(
+            job.id,
+            "w1",
+            transaction_uid=uid,
+            peer="pacs",
+            peer_ae_title="PACS",
+            item_ids=ids,
+            payload={"round": {"transaction_uid": uid}},
+        )
+        assert commits.mark_requested(job.id, "w1", uid, seconds) is not None
+        if uid == old:
+            time.sleep(0.05)
+            assert commits.expire(job.id, "w1", uid)
+    assert repo.wait_until(job.id, "w1", 3600, message="waiting", claimed_not_before=job.not_before)
+    return job
+
+
+def test_late_report_for_an_expired_round_is_applied(
     repo: JobRepository, commits: CommitmentRepository, engine: Engine
 ) -> None:
-    """A report for an expired transaction still records what it committed (answered
-    0x0000); its failures change nothing and the transaction stays expired."""
+    """A report for an expired transaction whose job still runs is applied (0x0000): what it
+    commits is committed and recorded for the peer even though a newer round asked again; its
+    failures do not touch instances that newer round asked about; the transaction stays
+    expired with its report time; the job keeps waiting while instances are pending."""
+    job = _expired_then_asked_again(repo, commits, "2.25.13", "2.25.113")
+    result = commits.apply_report(_report("2.25.13", [UIDS[0]], {UIDS[1]: 0x0112}), PACS)
+    assert result.outcome is ReportOutcome.LATE_APPLIED and result.status == 0x0000
+    assert result.committed == (UIDS[0],) and result.failed == 0 and not result.woken
+    assert _states(repo, job.id) == {
+        UIDS[0]: (ItemState.SUCCEEDED, 0),
+        UIDS[1]: (ItemState.PENDING, None),
+        UIDS[2]: (ItemState.PENDING, None),
+    }
+    tx = commits.get("2.25.13")
+    assert tx is not None and tx.state is TransactionState.EXPIRED and tx.reported_at is not None
+    assert _commitments(engine) == {(UIDS[0], "pacs", "2.25.13")}
+    current = commits.get("2.25.113")
+    assert current is not None and current.state is TransactionState.REQUESTED
+    assert repo.get(job.id).state is JobState.WAITING and repo.claim("w2", "node") is None
+    events = [e for e in repo.events(job.id) if e.event == "commit_late_report_applied"]
+    assert len(events) == 1 and "1 asked again since (kept)" in (events[0].message or "")
+    again = commits.apply_report(_report("2.25.13", UIDS), PACS)
+    assert again.outcome is ReportOutcome.DUPLICATE
+
+
+def test_late_report_deciding_everything_wakes_the_job(
+    repo: JobRepository, commits: CommitmentRepository
+) -> None:
+    """A late report that commits every instance still pending supersedes the round that is
+    awaited (nothing is left to ask) and makes the waiting job runnable at once."""
+    job = _expired_then_asked_again(repo, commits, "2.25.30", "2.25.31")
+    result = commits.apply_report(_report("2.25.30", UIDS), PACS)
+    assert result.outcome is ReportOutcome.LATE_APPLIED and result.woken
+    assert all(state is ItemState.SUCCEEDED for state, _ in _states(repo, job.id).values())
+    current = commits.get("2.25.31")
+    assert current is not None and current.state is TransactionState.SUPERSEDED
+    resumed = repo.claim("w2", "node")
+    assert resumed is not None and resumed.id == job.id
+    # The superseded round's own report, for an unfinished job: a repeat changes nothing.
+    assert commits.apply_report(_report("2.25.31", UIDS), PACS).status == 0x0000
+
+
+def test_an_older_failure_never_downgrades_a_commitment(
+    repo: JobRepository, commits: CommitmentRepository, engine: Engine
+) -> None:
+    """Newest question wins, older rounds only add proof: once the awaited round committed an
+    instance, the late report of an expired round failing it changes nothing; the newest
+    round's own failure does withdraw an earlier (late) commitment."""
+    job = _expired_then_asked_again(repo, commits, "2.25.32", "2.25.33")
+    assert commits.apply_report(_report("2.25.33", UIDS[:2], {UIDS[2]: 0x0112}), PACS).woken
+    late = commits.apply_report(_report("2.25.32", [UIDS[2]], {UIDS[0]: 0x0112}), PACS)
+    assert late.outcome is ReportOutcome.LATE_APPLIED and late.failed == 0
+    assert late.committed == ()  # UIDS[2] was failed by the newer round: kept
+    assert _states(repo, job.id) == {
+        UIDS[0]: (ItemState.SUCCEEDED, 0),
+        UIDS[1]: (ItemState.SUCCEEDED, 0),
+        UIDS[2]: (ItemState.FAILED, 0x0112),
+    }
+    assert _commitments(engine) == {(UIDS[0], "pacs", "2.25.33"), (UIDS[1], "pacs", "2.25.33")}
+    # Another job: a late commitment first, then the awaited round fails the instance.
+    assert repo.claim("w2", "node") is not None
+    assert repo.finish(job.id, "w2", JobState.FAILED)
+    other = _expired_then_asked_again(repo, commits, "2.25.34", "2.25.35")
+    assert commits.apply_report(_report("2.25.34", [UIDS[0]]), PACS).committed == (UIDS[0],)
+    assert commits.apply_report(_report("2.25.35", UIDS[1:], {UIDS[0]: 0x0112}), PACS).woken
+    assert _states(repo, other.id)[UIDS[0]] == (ItemState.FAILED, 0x0112)
+    assert (UIDS[0], "pacs", "2.25.34") not in _commitments(engine)
+
+
+def test_late_report_failure_of_the_round_that_last_asked_is_applied(
+    repo: JobRepository, commits: CommitmentRepository
+) -> None:
+    """A late report for the round that last asked about its instances (expired, next round not
+    started) applies in full: committed and failed with the peer's reason, like on time."""
     job = _claimed_commit_job(repo)
     ids = [i.id for i in repo.items(job.id)]
     assert commits.begin(
         job.id,
         "w1",
-        transaction_uid="2.25.13",
+        transaction_uid="2.25.36",
         peer="pacs",
         peer_ae_title="PACS",
         item_ids=ids,
         payload={},
     )
-    assert commits.mark_requested(job.id, "w1", "2.25.13", 0.01) is not None
+    assert commits.mark_requested(job.id, "w1", "2.25.36", 0.01) is not None
     time.sleep(0.05)
-    assert commits.expire(job.id, "w1", "2.25.13")
-    result = commits.apply_report(_report("2.25.13", [UIDS[0]], {UIDS[1]: 0x0112}), PACS)
-    assert result.outcome is ReportOutcome.LATE and result.status == 0x0000
-    assert _states(repo, job.id)[UIDS[0]][0] is ItemState.SUCCEEDED
-    assert _states(repo, job.id)[UIDS[1]][0] is ItemState.PENDING
-    tx = commits.get("2.25.13")
-    assert tx is not None and tx.state is TransactionState.EXPIRED and tx.reported_at is not None
-    assert _commitments(engine) == {(UIDS[0], "pacs", "2.25.13")}
+    assert commits.expire(job.id, "w1", "2.25.36")
+    result = commits.apply_report(_report("2.25.36", UIDS[:2], {UIDS[2]: 0x0112}), PACS)
+    assert result.outcome is ReportOutcome.LATE_APPLIED and result.failed == 1
+    assert _states(repo, job.id) == {
+        UIDS[0]: (ItemState.SUCCEEDED, 0),
+        UIDS[1]: (ItemState.SUCCEEDED, 0),
+        UIDS[2]: (ItemState.FAILED, 0x0112),
+    }
+    assert result.woken  # nothing pending: the job concludes (and asks again for UIDS[2])
+
+
+def test_report_for_a_finished_job_is_noted_not_applied(
+    repo: JobRepository, commits: CommitmentRepository, engine: Engine
+) -> None:
+    """A report for a transaction of a job that has finished is answered 0x0000 and changes
+    nothing but the transaction's report time and the job's event trail."""
+    job = _requested(repo, commits, "2.25.37")
+    assert repo.cancel(job.id).state is JobState.CANCELLED
+    before = _states(repo, job.id)
+    result = commits.apply_report(_report("2.25.37", UIDS), PACS)
+    assert result.outcome is ReportOutcome.JOB_FINISHED and result.status == 0x0000
+    assert result.committed == () and not result.woken and "not applied" in str(result.reason)
+    assert _states(repo, job.id) == before and _commitments(engine) == set()
+    tx = commits.get("2.25.37")
+    assert tx is not None and tx.state is TransactionState.REQUESTED and tx.reported_at
+    assert any(e.event == "commit_report_after_finish" for e in repo.events(job.id))
 
 
 def test_a_later_commitment_of_the_same_instance_updates_it(

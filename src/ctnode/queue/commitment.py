@@ -13,9 +13,25 @@ in one database transaction *before* the N-ACTION is sent. States of a transacti
 ``reported``
     the report arrived and was applied;
 ``expired``
-    the deadline passed without a report (a late report still records what it committed);
+    the deadline passed without a report;
 ``superseded``
-    a newer round replaced it.
+    no longer awaited: a newer round replaced it, or a late report of an earlier round already
+    committed every instance of the job it still asked about.
+
+A report is *late* when its transaction is no longer awaited (``expired`` or ``superseded``,
+e.g. the N-ACTION reached the peer but its response was lost in a crash and the restarted node
+asked again). A late report from the right peer is still the peer's word on those instances and
+is applied unless the job has finished, under one rule per instance: **the answer to the newest
+question asked about an instance wins, and an older transaction can only add proof**. An item
+is tagged with the transaction that last asked about it; a report's verdict on an item tagged
+with its own transaction applies in full (committed, or failed with its reason, even over an
+earlier commitment); on an item a newer transaction has asked about since, only "committed"
+applies, and only while that item is still pending (a failure from an older round never
+downgrades anything: the instance may have been pushed again since). If a late report leaves no
+item of the job pending, the rounds still awaited are superseded and the job is woken, to
+conclude as after an on-time report. A report for a finished job changes nothing but the
+transaction's ``reported_at`` and the job's event trail. A repeat of a report already processed
+(``reported_at`` set) changes nothing.
 
 Writes made for a running attempt are fenced on its lease like every other job write. Applying a
 report is not (the job is usually waiting, with no lease): it is matched by Transaction UID and
@@ -42,7 +58,7 @@ from ctnode.db.models import CommitTransaction, InstanceCommitment, JobItem
 from ctnode.db.models import Job as JobRow
 from ctnode.dicom import status as st
 from ctnode.dicom.commitment import CommitmentReport, Sender, sender_problem
-from ctnode.queue.jobs import ItemState, JobKind
+from ctnode.queue.jobs import ItemState, JobKind, JobState
 from ctnode.queue.repository import JobRepository
 
 _CHUNK = 500
@@ -121,9 +137,12 @@ class ReportOutcome(StrEnum):
 
     #: The awaited report: items and instance commitments updated, the job woken.
     APPLIED = "applied"
-    #: A report for an expired or superseded transaction: only its commitments were recorded.
-    LATE = "late"
-    #: The transaction was already reported: nothing changed.
+    #: A report for an expired or superseded transaction of an unfinished job: applied under
+    #: the newest-question rule (module docstring); the job is woken if nothing is left pending.
+    LATE_APPLIED = "late_applied"
+    #: A report for a transaction of a job that has finished: recorded, results not applied.
+    JOB_FINISHED = "job_finished"
+    #: The transaction's report was already processed: nothing changed.
     DUPLICATE = "duplicate"
     #: No such transaction, or not from the peer that was asked: nothing changed (0x0110).
     REFUSED = "refused"
@@ -143,6 +162,66 @@ class ReportResult:
     #: SOP Instance UIDs in the report that were not in the transaction.
     ignored: tuple[str, ...] = field(default_factory=tuple)
     woken: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """A job item a report names: its id, state and the transaction that last asked about it."""
+
+    item_id: int
+    sop_instance_uid: str
+    state: str
+    transaction_uid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdicts:
+    """What a report changes: items to commit, items to fail (with the Failure Reason), and
+    the SOP Instance UIDs it names that it has no say on."""
+
+    committed: dict[str, list[int]]
+    failed: dict[str, tuple[int, list[int]]]
+    ignored: list[str]
+    #: Instances whose verdict was not applied because a newer round asked about them since.
+    outdated: int
+
+
+def _verdicts(
+    report: CommitmentReport,
+    transaction_uid: str,
+    items: dict[str, list[_Item]],
+    newer: set[str],
+) -> _Verdicts:
+    """Apply the newest-question rule (module docstring) to a report.
+
+    *items*: the job's items named in the report, by SOP Instance UID; *newer*: the job's
+    transactions created after the report's. An instance listed both as committed and failed
+    counts as failed. Instances the transaction never asked about are ignored.
+    """
+    failed_reasons = {bad.sop_instance_uid: bad.failure_reason for bad in report.failed}
+    committed: dict[str, list[int]] = {}
+    failed: dict[str, tuple[int, list[int]]] = {}
+    ignored: list[str] = []
+    outdated = 0
+    named = list(dict.fromkeys([*failed_reasons, *(r.sop_instance_uid for r in report.committed)]))
+    for uid in named:
+        own = [i for i in items.get(uid, []) if i.transaction_uid == transaction_uid]
+        later = [i for i in items.get(uid, []) if i.transaction_uid in newer]
+        if not own and not later:
+            ignored.append(uid)
+            continue
+        if uid in failed_reasons:
+            if own:
+                failed[uid] = (failed_reasons[uid], [i.item_id for i in own])
+            else:
+                outdated += 1
+            continue
+        upgradable = [i.item_id for i in later if i.state == ItemState.PENDING.value]
+        if any(i.state == ItemState.FAILED.value for i in later):
+            outdated += 1
+        if own or upgradable:
+            committed[uid] = [i.item_id for i in own] + upgradable
+    return _Verdicts(committed, failed, ignored, outdated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +278,8 @@ class CommitmentRepository:
         """Persist a new round before its N-ACTION is sent; False if the lease was lost.
 
         Earlier transactions of the job still open or requested are superseded; the items are
-        tagged with the new Transaction UID and are pending again; *payload* (which names the
-        round) is stored.
+        tagged with the new Transaction UID and are pending again (except those a late report
+        committed since they were chosen); *payload* (which names the round) is stored.
         """
         with self.sessions() as session:
             now = self.jobs._now(session)
@@ -227,9 +306,14 @@ class CommitmentRepository:
             )
             session.flush()
             for chunk in _chunks(list(item_ids)):
+                # A late report may have committed some of them since they were chosen.
                 session.execute(
                     update(JobItem)
-                    .where(JobItem.job_id == job_id, JobItem.id.in_(chunk))
+                    .where(
+                        JobItem.job_id == job_id,
+                        JobItem.id.in_(chunk),
+                        JobItem.state.in_([ItemState.PENDING.value, ItemState.FAILED.value]),
+                    )
                     .values(
                         transaction_uid=transaction_uid,
                         state=ItemState.PENDING.value,
@@ -282,6 +366,7 @@ class CommitmentRepository:
                     deadline=now + timedelta(seconds=seconds),
                 )
             )
+            row = session.get(CommitTransaction, transaction_uid)
             self.jobs._event(
                 session,
                 job_id,
@@ -289,10 +374,9 @@ class CommitmentRepository:
                 "commit_requested",
                 message=f"{transaction_uid}: report due within {seconds:g} s"
                 if result.rowcount == 1  # type: ignore[attr-defined]
-                else f"{transaction_uid}: accepted (its report already arrived)",
+                else f"{transaction_uid}: accepted (it is {row.state if row else 'gone'} already)",
             )
             session.commit()
-            row = session.get(CommitTransaction, transaction_uid)
             return Transaction.from_row(row) if row is not None else None
 
     def expire(self, job_id: int, owner: str, transaction_uid: str) -> bool:
@@ -331,8 +415,8 @@ class CommitmentRepository:
     def apply_report(self, report: CommitmentReport, sender: Sender) -> ReportResult:
         """Match a report by Transaction UID and sender, and apply it (see the module docstring).
 
-        Only instances of the transaction (the job items tagged with its UID) can change; others
-        in the report are returned in ``ignored``.
+        Only the job's items the transaction asked about can change; other instances in the
+        report are returned in ``ignored``.
         """
         uid = report.transaction_uid
         with self.sessions() as session:
@@ -359,7 +443,7 @@ class CommitmentRepository:
                     f"report for transaction {uid} refused: {problem}",
                     Transaction.from_row(row),
                 )
-            if row.state == TransactionState.REPORTED.value:
+            if row.reported_at is not None:
                 session.rollback()
                 return ReportResult(
                     ReportOutcome.DUPLICATE,
@@ -367,62 +451,162 @@ class CommitmentRepository:
                     f"transaction {uid} was already reported at {_iso(row.reported_at)}",
                     Transaction.from_row(row),
                 )
-            full = row.state in _AWAITING
-            items: dict[str, list[int]] = {}
-            for item_id, sop_instance_uid in session.execute(
-                select(JobItem.id, JobItem.sop_instance_uid).where(
-                    JobItem.job_id == row.job_id, JobItem.transaction_uid == uid
+            job = session.get(JobRow, row.job_id)
+            job_state = JobState(job.state) if job is not None else JobState.CANCELLED
+            if job_state.final:
+                return self._after_finish(session, row, report, job_state, now)
+            return self._apply(session, row, report, now)
+
+    def _after_finish(
+        self,
+        session: Session,
+        row: CommitTransaction,
+        report: CommitmentReport,
+        job_state: JobState,
+        now: datetime,
+    ) -> ReportResult:
+        """A report for a transaction of a finished job: noted, its results not applied."""
+        reason = (
+            f"job {row.job_id} already {job_state.value}: results of transaction "
+            f"{row.transaction_uid} not applied (submit a new commit job to ask again)"
+        )
+        row.reported_at = now
+        row.event_type = report.event_type
+        self.jobs._event(
+            session,
+            row.job_id,
+            now,
+            "commit_report_after_finish",
+            message=f"{row.transaction_uid}: event type {report.event_type}, "
+            f"{len(report.committed)} committed, {len(report.failed)} failed in the report; "
+            f"not applied: the job is already {job_state.value}",
+        )
+        session.commit()
+        return ReportResult(
+            ReportOutcome.JOB_FINISHED, st.SUCCESS, reason, Transaction.from_row(row)
+        )
+
+    def _apply(
+        self, session: Session, row: CommitTransaction, report: CommitmentReport, now: datetime
+    ) -> ReportResult:
+        """Apply a report to an unfinished job under the newest-question rule."""
+        uid = row.transaction_uid
+        on_time = row.state in _AWAITING
+        newer = set(
+            session.scalars(
+                select(CommitTransaction.transaction_uid).where(
+                    CommitTransaction.job_id == row.job_id,
+                    CommitTransaction.created_at > row.created_at,
                 )
+            )
+        )
+        verdicts = _verdicts(report, uid, self._named_items(session, row.job_id, report), newer)
+        self._mark_committed(session, row, list(verdicts.committed), verdicts.committed, now)
+        self._mark_failed(session, row, verdicts.failed, now)
+        row.reported_at = now
+        row.event_type = report.event_type
+        if on_time:
+            row.state = TransactionState.REPORTED.value
+        counts = (
+            f"event type {report.event_type}, {len(verdicts.committed)} committed, "
+            f"{len(verdicts.failed)} failed"
+            + (f", {verdicts.outdated} asked again since (kept)" if verdicts.outdated else "")
+            + (
+                f", {len(verdicts.ignored)} not in the transaction (ignored)"
+                if verdicts.ignored
+                else ""
+            )
+        )
+        self.jobs._event(
+            session,
+            row.job_id,
+            now,
+            "commit_reported" if on_time else "commit_late_report_applied",
+            message=f"{uid}: {counts}" + ("" if on_time else f" (transaction was {row.state})"),
+        )
+        woken = False
+        if on_time:
+            woken = self.jobs.wake_in(
+                session, row.job_id, now, f"commitment report for {uid} arrived"
+            )
+        elif (verdicts.committed or verdicts.failed) and not self._pending(session, row.job_id):
+            woken = self._conclude_late(session, row, now)
+        session.commit()
+        return ReportResult(
+            ReportOutcome.APPLIED if on_time else ReportOutcome.LATE_APPLIED,
+            st.SUCCESS,
+            None,
+            Transaction.from_row(row),
+            tuple(verdicts.committed),
+            len(verdicts.failed),
+            tuple(verdicts.ignored),
+            woken,
+        )
+
+    @staticmethod
+    def _named_items(
+        session: Session, job_id: int, report: CommitmentReport
+    ) -> dict[str, list[_Item]]:
+        """The job's items the report names, by SOP Instance UID."""
+        named = list(
+            dict.fromkeys(
+                [r.sop_instance_uid for r in report.committed]
+                + [r.sop_instance_uid for r in report.failed]
+            )
+        )
+        items: dict[str, list[_Item]] = {}
+        for chunk in _chunks(named):
+            for item_id, sop_instance_uid, state, tagged in session.execute(
+                select(
+                    JobItem.id, JobItem.sop_instance_uid, JobItem.state, JobItem.transaction_uid
+                ).where(JobItem.job_id == job_id, JobItem.sop_instance_uid.in_(chunk))
             ):
                 if sop_instance_uid is not None:
-                    items.setdefault(sop_instance_uid, []).append(item_id)
-            failed: dict[str, int] = {}
-            ignored: list[str] = []
-            for bad in report.failed:
-                if bad.sop_instance_uid in items:
-                    failed[bad.sop_instance_uid] = bad.failure_reason
-                else:
-                    ignored.append(bad.sop_instance_uid)
-            committed: list[str] = []
-            for ref in report.committed:
-                if ref.sop_instance_uid not in items:
-                    ignored.append(ref.sop_instance_uid)
-                elif ref.sop_instance_uid not in failed:
-                    committed.append(ref.sop_instance_uid)
-            committed = list(dict.fromkeys(committed))
-            self._mark_committed(session, row, committed, items, now)
-            if full:
-                self._mark_failed(session, row, failed, items, now)
-                row.state = TransactionState.REPORTED.value
-            row.reported_at = now
-            row.event_type = report.event_type
-            outcome = ReportOutcome.APPLIED if full else ReportOutcome.LATE
+                    items.setdefault(sop_instance_uid, []).append(
+                        _Item(item_id, sop_instance_uid, state, tagged)
+                    )
+        return items
+
+    @staticmethod
+    def _pending(session: Session, job_id: int) -> int:
+        """How many items of the job are still undecided."""
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(JobItem)
+                .where(JobItem.job_id == job_id, JobItem.state == ItemState.PENDING.value)
+            )
+            or 0
+        )
+
+    def _conclude_late(self, session: Session, row: CommitTransaction, now: datetime) -> bool:
+        """A late report left nothing pending: the rounds still awaited have nothing left to
+        answer (superseded) and the job is woken to conclude, as after an on-time report."""
+        awaited = list(
+            session.scalars(
+                select(CommitTransaction.transaction_uid).where(
+                    CommitTransaction.job_id == row.job_id,
+                    CommitTransaction.state.in_(_AWAITING),
+                )
+            )
+        )
+        if awaited:
+            session.execute(
+                update(CommitTransaction)
+                .where(CommitTransaction.transaction_uid.in_(awaited))
+                .values(state=TransactionState.SUPERSEDED.value)
+            )
             self.jobs._event(
                 session,
                 row.job_id,
                 now,
-                "commit_reported" if full else "commit_late_report",
-                message=f"{uid}: event type {report.event_type}, {len(committed)} committed, "
-                f"{len(failed) if full else 0} failed"
-                + (f", {len(ignored)} not in the transaction (ignored)" if ignored else "")
-                + ("" if full else f" (transaction was {row.state})"),
+                "commit_superseded",
+                message=f"{', '.join(awaited)}: nothing left to ask, the late report of "
+                f"{row.transaction_uid} decided every instance",
             )
-            woken = False
-            if full:
-                woken = self.jobs.wake_in(
-                    session, row.job_id, now, f"commitment report for {uid} arrived"
-                )
-            session.commit()
-            return ReportResult(
-                outcome,
-                st.SUCCESS,
-                None,
-                Transaction.from_row(row),
-                tuple(committed),
-                len(failed) if full else 0,
-                tuple(ignored),
-                woken,
-            )
+        return self.jobs.wake_in(
+            session, row.job_id, now, f"late commitment report for {row.transaction_uid} arrived"
+        )
 
     def _mark_committed(
         self,
@@ -466,8 +650,7 @@ class CommitmentRepository:
         self,
         session: Session,
         row: CommitTransaction,
-        failed: dict[str, int],
-        items: dict[str, list[int]],
+        failed: dict[str, tuple[int, list[int]]],
         now: datetime,
     ) -> None:
         updates = [
@@ -478,8 +661,8 @@ class CommitmentRepository:
                 "error": f"peer {row.peer!r} did not commit it: {st.describe(reason)}",
                 "updated_at": now,
             }
-            for uid, reason in failed.items()
-            for item_id in items[uid]
+            for reason, item_ids in failed.values()
+            for item_id in item_ids
         ]
         for chunk in _chunks(updates):
             session.execute(update(JobItem), list(chunk))

@@ -17,6 +17,10 @@ succeeded. Otherwise (failures, instances the report left out, or no report befo
 the attempt fails transiently and the retry policy schedules the next round — with a new
 Transaction UID — until ``max_attempts`` rounds were made; then the job fails and each instance
 keeps its reason (e.g. 0x0112 no such object instance).
+
+A late report of an earlier round (expired, or superseded after a crash) that leaves no instance
+pending supersedes the awaited round and wakes the job the same way: the round is concluded on
+what that report decided, without waiting for the awaited round's own report.
 """
 
 from __future__ import annotations
@@ -106,6 +110,8 @@ class CommitOperation:
                 TransactionState.REQUESTED,
                 TransactionState.REPORTED,
                 TransactionState.EXPIRED,
+                # A late report of an earlier round decided every instance meanwhile.
+                TransactionState.SUPERSEDED,
             ):
                 return self._resume(attempt, tx, round_)
         return self._new_round(attempt)
@@ -257,7 +263,8 @@ class CommitOperation:
         attempt.log.info(
             "commit.requested", transaction_uid=uid, instances=len(refs), state=tx.state.value
         )
-        if tx.state is TransactionState.REPORTED:
+        if tx.state in (TransactionState.REPORTED, TransactionState.SUPERSEDED):
+            # Its report, or a late one of an earlier round, arrived during the N-ACTION.
             return self._conclude(attempt, tx, round_, expired=False)
         return AttemptResult(
             Outcome.WAIT,
