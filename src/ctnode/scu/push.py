@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
@@ -24,7 +23,6 @@ from ctnode.dicom.contexts import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     UNCOMPRESSED_SYNTAXES,
-    is_compressed,
 )
 from ctnode.dicom.filemeta import read_meta_length
 from ctnode.errors import AssociationAborted, AssociationRejected, PeerUnreachable
@@ -83,35 +81,6 @@ def choose_context(assoc: Requestor, item: ItemRow) -> Negotiated | None:
     if own is not None:
         return own
     return assoc.context_for(item.sop_class_uid, UNCOMPRESSED_SYNTAXES)
-
-
-def convert(path: str, target: str) -> bytes:
-    """The data set of *path* decoded and re-encoded in *target* (an uncompressed syntax).
-
-    Raises ValueError with a reason a user can act on when it cannot be done here.
-    """
-    import pydicom
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(path)
-        if is_compressed(str(ds.file_meta.TransferSyntaxUID)):
-            try:
-                # Same instance, new encoding: keep its SOP Instance UID (pydicom would
-                # otherwise generate a new one and the peer would see a mismatch).
-                ds.decompress(generate_instance_uid=False)
-            except Exception as exc:
-                raise ValueError(
-                    f"cannot decompress {ds.file_meta.TransferSyntaxUID.name}: {exc} "
-                    "(install ctnode[codecs])"
-                ) from exc
-        fp = DicomBytesIO()
-        fp.is_little_endian = True
-        fp.is_implicit_VR = target == IMPLICIT_VR_LE
-        write_dataset(fp, ds)
-    return bytes(fp.getvalue())
 
 
 # ------------------------------------------------------------------ the operation
@@ -333,6 +302,8 @@ class PushOperation:
         if ctx.transfer_syntax == item.transfer_syntax_uid:
             dataset = FileSegment(item.path, offset, size)
         else:
+            from ctnode.dicom.convert import convert  # imports pydicom: only when converting
+
             try:
                 dataset = convert(item.path, ctx.transfer_syntax)
             except (ValueError, OSError) as exc:
