@@ -1,4 +1,11 @@
-"""An outbound association (association requestor): connect, negotiate, exchange, release.
+"""An outbound association (association requestor): open, exchange messages, release or abort.
+
+PS3.8 9.2 as the requestor: A-ASSOCIATE (request, then accept/reject/abort), P-DATA (request
+and response, and requests the peer sends back on the same association, such as a storage
+commitment N-EVENT-REPORT), A-RELEASE (including a release collision, 9.2.2) and A-ABORT. The
+pieces it composes: ``ul.connect`` (TCP and TLS), ``ul.negotiation`` (the request and what the
+answer means), ``ul.pdata`` (sending a message, files without copies), ``ul.reassembly``
+(receiving one, in order and bounded), ``ul.params`` (what it is opened with).
 
 Synchronous and single-threaded by design: one request at a time, each response read by the
 thread that sent the request (there is no reactor thread to race with, so a fast peer's response
@@ -10,186 +17,39 @@ cannot be lost). Every failure is a typed ctnode error: ``PeerUnreachable`` (con
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 import socket
-import ssl
-import struct
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Self
 
-from ctnode.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ctnode.errors import AssociationAborted, AssociationRejected, PeerUnreachable
 from ctnode.ul import pdu as P
-from ctnode.ul.dimse import (
-    C_CANCEL_RQ,
-    C_ECHO_RQ,
-    C_ECHO_RSP,
-    C_STORE_RSP,
-    N_DELETE_RQ,
-    N_DELETE_RSP,
-    N_GET_RQ,
-    Command,
-    CommandError,
-    decode_command,
-    encode_command,
+from ctnode.ul.connect import connect, wrap_tls
+from ctnode.ul.dimse import Command, CommandError, encode_command
+from ctnode.ul.negotiation import (
+    ContextRequest,
+    Negotiated,
+    associate_rq,
+    describe_rejection,
+    outcome,
 )
-from ctnode.ul.limits import MAX_COMMAND_BYTES, MAX_SMALL_DATASET
+from ctnode.ul.params import AssociationObserver, AssociationParams, Timeouts
+from ctnode.ul.pdata import FileReadError, FileSegment, PDataWriter
+from ctnode.ul.reassembly import (
+    MESSAGES_WITHOUT_DATASET,
+    DatasetTooLarge,
+    FragmentError,
+    Message,
+    Reassembly,
+)
 from ctnode.ul.transport import (
     PduReader,
     PeerClosed,
     ReadTimeout,
     close_gracefully,
-    set_socket_options,
+    send_all,
 )
-
-RJ_REASONS = {
-    (1, 1): "no reason given",
-    (1, 2): "application context name not supported",
-    (1, 3): "calling AE title not recognised",
-    (1, 7): "called AE title not recognised",
-    (2, 1): "no reason given",
-    (2, 2): "protocol version not supported",
-    (3, 1): "temporary congestion",
-    (3, 2): "local limit exceeded",
-}
-
-
-#: Messages that never carry a data set (PS3.7 9.3 and 10.3: C-ECHO, the C-STORE response,
-#: C-CANCEL, the N-GET request, N-DELETE); one that announces one is a protocol violation. A
-#: pending C-FIND-RSP (identifier), a C-MOVE/C-GET-RSP (failed SOP instance list) and the
-#: N-EVENT-REPORT/N-ACTION messages may carry one, bounded by ``max_response_dataset_bytes``.
-NO_DATASET_COMMANDS = frozenset(
-    {C_ECHO_RQ, C_ECHO_RSP, C_STORE_RSP, C_CANCEL_RQ, N_GET_RQ, N_DELETE_RQ, N_DELETE_RSP}
-)
-
-
-class FileReadError(Exception):
-    """Internal: reading the file being sent failed (the cause is the OSError)."""
-
-
-#: Most PDUs laid out per window (one iovec each; Linux allows 1024).
-MAX_IOV = 512
-#: A P-DATA-TF PDU header with its one PDV item header: type, reserved, PDU length, item
-#: length, context id, control byte.
-_HEADER_FULL = struct.Struct(">BBLLBB")
-
-
-def _read_exactly(fd: int, buffers: list[memoryview], want: int, offset: int, path: str) -> None:
-    """Fill *buffers* (*want* bytes in all) from *fd* at *offset*; FileReadError if the file
-    is shorter or cannot be read."""
-    done = 0
-    while done < want:
-        try:
-            got = os.preadv(fd, buffers, offset + done)
-        except OSError as exc:
-            raise FileReadError from exc
-        if got == 0:
-            raise FileReadError from OSError(f"{path} is shorter than expected")
-        done += got
-        if done < want:  # rare (signals, odd filesystems): skip what was read
-            rest: list[memoryview] = []
-            skip = got
-            for view in buffers:
-                if skip >= len(view):
-                    skip -= len(view)
-                    continue
-                rest.append(view[skip:])
-                skip = 0
-            buffers = rest
-
-
-def describe_rejection(result: int, source: int, reason: int) -> str:
-    """``called AE title not recognised (result 1, source 1, reason 7)``."""
-    text = RJ_REASONS.get((source, reason), "reason unknown")
-    kind = "permanent" if result == 1 else "transient"
-    return f"{text} ({kind}: result {result}, source {source}, reason {reason})"
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Seconds allowed for each phase of an outbound association."""
-
-    connect: float = 10
-    acse: float = 30
-    dimse: float = 60
-    network: float = 60
-
-
-@dataclass(frozen=True, slots=True)
-class ContextRequest:
-    """A presentation context to propose."""
-
-    abstract_syntax: str
-    transfer_syntaxes: tuple[str, ...]
-
-
-@dataclass(slots=True)
-class Message:
-    """A received DIMSE message."""
-
-    context_id: int
-    command: Command
-    dataset: bytes | None = None
-
-
-@dataclass(slots=True)
-class Negotiated:
-    """Outcome of negotiation for one proposed context."""
-
-    context_id: int
-    abstract_syntax: str
-    proposed: tuple[str, ...]
-    result: int
-    transfer_syntax: str | None
-
-    @property
-    def accepted(self) -> bool:
-        """True if the peer accepted the context."""
-        return self.result == 0
-
-
-@dataclass(frozen=True, slots=True)
-class FileSegment:
-    """A data set to send straight from a file: *length* bytes at *offset* of *path*."""
-
-    path: str
-    offset: int
-    length: int
-
-
-class AssociationObserver(Protocol):
-    """Told when outbound associations open and end (metrics)."""
-
-    def outbound_opened(self, peer: str) -> None:
-        """An association to *peer* was established."""
-
-    def outbound_ended(self, peer: str, result: str, *, was_open: bool) -> None:
-        """An association to *peer* ended (or never opened) with *result*."""
-
-
-@dataclass(slots=True)
-class AssociationParams:
-    """Everything needed to open an association."""
-
-    host: str
-    port: int
-    calling_ae: str
-    called_ae: str
-    contexts: Sequence[ContextRequest]
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    max_pdu_length: int = 262144
-    roles: Sequence[P.RoleSelection] = ()
-    ssl_context: ssl.SSLContext | None = None
-    server_name: str | None = None
-    #: Peer name for metrics (low cardinality), and who to tell.
-    label: str = "unknown"
-    observer: AssociationObserver | None = None
-    #: Largest data set accepted in one message from the peer (``MAX_SMALL_DATASET``).
-    max_response_dataset_bytes: int = MAX_SMALL_DATASET
 
 
 class Requestor:
@@ -208,12 +68,7 @@ class Requestor:
         self.peer_roles: dict[str, P.RoleSelection] = {}
         self._next_message_id = 1
         self._open_observed = False
-        self._pdu_buf = bytearray()
-        self._layout: list[memoryview] = []
-        self._layout_key: tuple[int, int] | None = None
-        #: (context id, PDU data size) of the full headers in slots [0, _headers_valid).
-        self._headers_key: tuple[int, int] | None = None
-        self._headers_valid = 0
+        self._writer = PDataWriter()
         self.released = False
         #: Called for a request the peer sends us on this association (e.g. N-EVENT-REPORT).
         self.on_request: Callable[[Message], dict[str, object] | None] | None = None
@@ -230,44 +85,16 @@ class Requestor:
         """Connect and negotiate; raises PeerUnreachable, AssociationRejected/Aborted."""
         p = self.params
         try:
-            raw = socket.create_connection((p.host, p.port), timeout=p.timeouts.connect)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            if isinstance(exc, TimeoutError):
-                reason = f"no answer within {p.timeouts.connect:g} s"
+            sock = connect(p.host, p.port, p.timeouts.connect)
+        except PeerUnreachable:
             self._observe_failure("unreachable")
-            raise PeerUnreachable(f"cannot connect to {p.host}:{p.port}: {reason}") from exc
-        set_socket_options(raw)
-        sock: socket.socket = raw
+            raise
         if p.ssl_context is not None:
-            try:
-                raw.settimeout(p.timeouts.acse)
-                sock = p.ssl_context.wrap_socket(raw, server_hostname=p.server_name or p.host)
-            except (ssl.SSLError, OSError) as exc:
-                raw.close()
-                reason = exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else ""
-                raise PeerUnreachable(
-                    f"TLS handshake with {p.host}:{p.port} failed: "
-                    + (f"certificate verify failed: {reason}" if reason else str(exc))
-                    + " (check the peer's tls settings: ca, cert, key, server_name)"
-                ) from exc
+            server_name = p.server_name or p.host
+            sock = wrap_tls(sock, p.ssl_context, server_name, f"{p.host}:{p.port}", p.timeouts.acse)
         self.sock = sock
         self.reader = PduReader(sock, max(p.max_pdu_length, 1 << 20), p.timeouts.network)
-        contexts = [
-            P.PresentationContextRQ(2 * i + 1, c.abstract_syntax, c.transfer_syntaxes)
-            for i, c in enumerate(p.contexts)
-        ]
-        rq = P.AssociateRQ(
-            called_ae=p.called_ae,
-            calling_ae=p.calling_ae,
-            contexts=contexts,
-            user=P.UserInformation(
-                max_pdu_length=p.max_pdu_length,
-                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-                roles=list(p.roles),
-            ),
-        )
+        rq = associate_rq(p.calling_ae, p.called_ae, p.contexts, p.max_pdu_length, p.roles)
         try:
             self._send(P.encode_associate_rq(rq), p.timeouts.acse)
             pdu_type, body = self.reader.read_pdu(first_timeout=p.timeouts.acse)
@@ -301,16 +128,7 @@ class Requestor:
         ac = P.decode_associate_ac(bytes(body))
         self.peer_max_pdu = ac.user.max_pdu_length
         self.peer_roles = {r.sop_class_uid: r for r in ac.user.roles}
-        answers = {c.context_id: c for c in ac.contexts}
-        for ctx in contexts:
-            answer = answers.get(ctx.context_id)
-            result = answer.result if answer is not None else 2
-            syntax = answer.transfer_syntax if answer is not None and result == 0 else None
-            self.negotiated.append(
-                Negotiated(
-                    ctx.context_id, ctx.abstract_syntax, ctx.transfer_syntaxes, result, syntax
-                )
-            )
+        self.negotiated = outcome(rq, ac)
         self._open_observed = True
         if p.observer is not None:
             p.observer.outbound_opened(p.label)
@@ -370,20 +188,7 @@ class Requestor:
 
     def _send(self, data: bytes | memoryview, timeout: float) -> None:
         assert self.sock is not None
-        self.sock.settimeout(timeout)
-        self.sock.sendall(data)
-
-    def _sendmsg(self, parts: list[bytes | memoryview], timeout: float) -> None:
-        assert self.sock is not None
-        if isinstance(self.sock, ssl.SSLSocket):
-            self._send(b"".join(bytes(p) for p in parts), timeout)
-            return
-        self.sock.settimeout(timeout)
-        total = sum(len(p) for p in parts)
-        sent = self.sock.sendmsg(parts)
-        if sent < total:
-            joined = memoryview(b"".join(bytes(p) for p in parts))
-            self.sock.sendall(joined[sent:])
+        send_all(self.sock, data, timeout)
 
     def send(
         self,
@@ -395,7 +200,7 @@ class Requestor:
         (PS3.8 D.1), in fragments of even length (PS3.8 Annex E, ``P.pdv_capacity``). A data set
         of odd length (a deflated stream, PS3.5 A.5) goes out padded with one 0x00 (PS3.5 7.1).
 
-        A ``FileSegment`` is streamed from disk one PDU at a time (no whole-file copy in
+        A ``FileSegment`` is streamed from disk (``ul.pdata``: no whole-file copy in
         memory). OSError while reading the file propagates as is (the association is aborted);
         network errors become AssociationAborted.
         """
@@ -403,15 +208,13 @@ class Requestor:
             fields = {**fields, "CommandDataSetType": 0x0000}
         else:
             fields = {**fields, "CommandDataSetType": 0x0101}
-        timeout = self.params.timeouts.network
+        assert self.sock is not None
         max_fragment = P.pdv_capacity(self.peer_max_pdu or (1 << 20))
         try:
             command = encode_command(fields)  # type: ignore[arg-type]
-            self._send_fragments(context_id, memoryview(command), True, max_fragment, timeout)
-            if isinstance(dataset, FileSegment):
-                self._send_file(context_id, dataset, max_fragment, timeout)
-            elif dataset is not None:
-                self._send_fragments(context_id, memoryview(dataset), False, max_fragment, timeout)
+            self._writer.write(
+                self.sock, context_id, command, dataset, max_fragment, self.params.timeouts.network
+            )
         except FileReadError as exc:
             self.abort()
             raise exc.__cause__ from None  # type: ignore[misc]
@@ -419,137 +222,33 @@ class Requestor:
             self._close()
             raise AssociationAborted(f"connection to {self.peer_label} failed: {exc}") from exc
 
-    def _send_file(self, context_id: int, segment: FileSegment, size: int, timeout: float) -> None:
-        """Stream a file segment in windows of up to 8 MiB (at most ``MAX_IOV`` PDUs): each
-        window is read with one ``preadv`` straight into a buffer laid out as P-DATA-TF PDUs
-        (the file's bytes land between the headers: no copy in Python) and sent with one
-        ``sendall`` — two system calls per object of ordinary size. *size* is even, so only the
-        very last fragment of an odd-length segment is odd: it gets its 0x00 pad in its slot."""
-        assert self.sock is not None
-        size = min(size, 4 << 20)
-        per_window = max(1, min((8 << 20) // size, MAX_IOV))
-        views = self._pdu_layout(size, per_window)
-        out = memoryview(self._pdu_buf)
-        stride = size + 12
-        try:
-            fd = os.open(segment.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError as exc:
-            raise FileReadError from exc
-        try:
-            offset, remaining = segment.offset, segment.length
-            self.sock.settimeout(timeout)
-            while True:
-                want = min(per_window * size, remaining)
-                full, tail = divmod(want, size)
-                buffers = views[:full] + ([views[full][:tail]] if tail else [])
-                _read_exactly(fd, buffers, want, offset, segment.path)
-                offset += want
-                remaining -= want
-                count = full + (1 if tail else 0)
-                # Every PDU of the window but the last is full and not last: those headers are
-                # the same for every object on this context, so they are written only once.
-                if self._headers_key != (context_id, size):
-                    self._headers_key, self._headers_valid = (context_id, size), 0
-                for i in range(self._headers_valid, count - 1):
-                    _HEADER_FULL.pack_into(out, i * stride, *self._full_header(context_id, size))
-                self._headers_valid = count - 1  # the last slot's header differs
-                last_length = tail or size
-                if last_length & 1:  # the end of an odd-length segment (PS3.5 7.1 padding)
-                    out[(count - 1) * stride + 12 + last_length] = 0
-                    last_length += 1
-                out[(count - 1) * stride : (count - 1) * stride + 12] = P.pdata_header(
-                    context_id, False, remaining == 0, last_length
-                )
-                self.sock.sendall(out[: (count - 1) * stride + 12 + last_length])
-                if remaining == 0:
-                    return
-        finally:
-            os.close(fd)
-
-    def _pdu_layout(self, size: int, per_window: int) -> list[memoryview]:
-        """Views of the data part of each PDU slot of the send buffer (made once per size)."""
-        if self._layout_key != (size, per_window):
-            stride = size + 12
-            if len(self._pdu_buf) < per_window * stride:
-                self._pdu_buf = bytearray(per_window * stride)
-            out = memoryview(self._pdu_buf)
-            self._layout = [out[i * stride + 12 : (i + 1) * stride] for i in range(per_window)]
-            self._layout_key = (size, per_window)
-            self._headers_key = None
-        return self._layout
-
-    @staticmethod
-    @functools.cache
-    def _full_header(context_id: int, size: int) -> tuple[int, int, int, int, int, int]:
-        """The fields of a full, not-last data PDU header (for ``_HEADER_FULL``)."""
-        return (P.P_DATA_TF, 0, size + 6, size + 2, context_id, 0)
-
-    def _send_fragments(
-        self, context_id: int, view: memoryview, command: bool, size: int, timeout: float
-    ) -> None:
-        """Send *view* in fragments of *size* (even) bytes; an odd total gets a 0x00 pad."""
-        pos = 0
-        total = len(view)
-        while True:
-            chunk = view[pos : pos + size]
-            pos += len(chunk)
-            if pos < total:
-                self._sendmsg([P.pdata_header(context_id, command, False, size), chunk], timeout)
-                continue
-            if total & 1:
-                header = P.pdata_header(context_id, command, True, len(chunk) + 1)
-                self._sendmsg([header, chunk, b"\x00"], timeout)
-            else:
-                self._sendmsg(
-                    [P.pdata_header(context_id, command, True, len(chunk)), chunk], timeout
-                )
-            return
-
     def receive(self, timeout: float | None = None) -> Message:
         """The next complete message from the peer (raises AssociationAborted on failure)."""
         assert self.reader is not None
         wait = self.params.timeouts.dimse if timeout is None else timeout
-        command_buf = bytearray()
-        data_buf: bytearray | None = None
-        cmd: Command | None = None
-        context: int | None = None
+        messages = Reassembly()
+        command: Command | None = None
+        dataset = bytearray()
         try:
             while True:
                 pdu_type, body = self.reader.read_pdu(first_timeout=wait)
                 if pdu_type == P.P_DATA_TF:
                     for context_id, control, data in P.iter_pdvs(body):
-                        if context is not None and context_id != context:
-                            raise AssociationAborted(
-                                f"{self.peer_label} mixed presentation contexts in one message"
-                            )
-                        context = context_id
                         if control & 1:
-                            if data_buf is not None:
-                                raise AssociationAborted(
-                                    f"{self.peer_label} sent a command fragment inside a data set"
-                                )
-                            command_buf += data
-                            if len(command_buf) > MAX_COMMAND_BYTES:
-                                raise AssociationAborted(
-                                    f"{self.peer_label} sent a command set larger than "
-                                    f"{MAX_COMMAND_BYTES} bytes (a real one is under 1 KiB)"
-                                )
-                            if control & 2:
-                                cmd = decode_command(bytes(command_buf))
-                                if not cmd.has_dataset:
-                                    return Message(context_id, cmd, None)
-                                self._check_dataset_allowed(cmd)
-                                data_buf = bytearray()
+                            command = messages.command_fragment(context_id, data, bool(control & 2))
+                            if command is None:
+                                continue
+                            if not command.has_dataset:
+                                return Message(context_id, command, None)
+                            self._check_dataset_allowed(command)
+                            limit = self.params.max_response_dataset_bytes
+                            messages.expect_dataset(context_id, limit)
                         else:
-                            if data_buf is None or cmd is None:
-                                raise AssociationAborted(
-                                    f"{self.peer_label} sent a data set before its command"
-                                )
-                            if len(data_buf) + len(data) > self.params.max_response_dataset_bytes:
-                                raise AssociationAborted(self._too_large(cmd))
-                            data_buf += data
+                            messages.dataset_fragment(context_id, len(data), bool(control & 2))
+                            dataset += data
                             if control & 2:
-                                return Message(context_id, cmd, bytes(data_buf))
+                                assert command is not None  # dataset_fragment checked
+                                return Message(context_id, command, bytes(dataset))
                 elif pdu_type == P.A_ABORT:
                     abort = P.decode_abort(bytes(body))
                     self._close()
@@ -573,7 +272,15 @@ class Requestor:
         except (PeerClosed, OSError) as exc:
             self._close()
             raise AssociationAborted(f"{self.peer_label} closed the connection: {exc}") from exc
-        except (P.PDUError, CommandError) as exc:
+        except DatasetTooLarge as exc:
+            self.abort()
+            assert command is not None
+            raise AssociationAborted(
+                f"{self.peer_label} sent a {command.name} data set larger than {exc.limit} bytes "
+                "(node.max_response_dataset_bytes); raise that setting if this peer's responses "
+                "are legitimately larger"
+            ) from exc
+        except (P.PDUError, CommandError, FragmentError) as exc:
             self.abort()
             raise AssociationAborted(f"{self.peer_label} sent a malformed message: {exc}") from exc
         except AssociationAborted:
@@ -582,19 +289,11 @@ class Requestor:
 
     def _check_dataset_allowed(self, cmd: Command) -> None:
         """AssociationAborted if *cmd* announces a data set its message never carries."""
-        if cmd.get("CommandField") in NO_DATASET_COMMANDS:
+        if cmd.get("CommandField") in MESSAGES_WITHOUT_DATASET:
             raise AssociationAborted(
                 f"{self.peer_label} sent a {cmd.name} announcing a data set, which PS3.7 does "
                 "not allow for that message (a broken peer: its DICOM conformance needs fixing)"
             )
-
-    def _too_large(self, cmd: Command) -> str:
-        limit = self.params.max_response_dataset_bytes
-        return (
-            f"{self.peer_label} sent a {cmd.name} data set larger than {limit} bytes "
-            "(node.max_response_dataset_bytes); raise that setting if this peer's responses "
-            "are legitimately larger"
-        )
 
     def receive_response(self, message_id: int, timeout: float | None = None) -> Message:
         """The next response to *message_id*; requests from the peer go to ``on_request``."""
@@ -712,3 +411,16 @@ class Requestor:
             if self.params.observer is not None:
                 result = "released" if self.released else "aborted"
                 self.params.observer.outbound_ended(self.params.label, result, was_open=True)
+
+
+__all__ = [
+    "AssociationObserver",
+    "AssociationParams",
+    "ContextRequest",
+    "FileSegment",
+    "Message",
+    "Negotiated",
+    "Requestor",
+    "Timeouts",
+    "describe_rejection",
+]
