@@ -118,6 +118,10 @@ CLAUSE = {
 }
 #: Recipes whose pixel data is encapsulated (compressed).
 COMPRESSED = [n for n in RECIPES if n not in ("explicit", "implicit", "big", "deflated")]
+#: Recipes the permissively licensed codecs of ctnode's ``codecs`` extra cannot decode (12-bit
+#: JPEG Extended needs libjpeg's 12-bit build, GPL in pylibjpeg-libjpeg): ctnode refuses to
+#: convert them, with a reason.
+UNDECODABLE = frozenset({"jpeg_extended"})
 
 
 def make_sample(directory: Path, name: str, *, size: int = 96) -> Sample:
