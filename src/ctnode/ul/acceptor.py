@@ -1,9 +1,16 @@
-"""Serve one association as the acceptor: negotiation, DIMSE message assembly, release/abort.
+"""Serve one association as the acceptor: set-up, the data-transfer loop, release and abort.
+
+PS3.8 9.2 as the acceptor: read the A-ASSOCIATE-RQ within the ARTIM time, answer it (the rules
+are ``ul.negotiation``'s), then take P-DATA-TF PDUs until A-RELEASE-RQ (answered with
+A-RELEASE-RP) or A-ABORT; anything else is a protocol violation answered with A-ABORT (PS3.8
+9.3.8). Each message's fragments are checked for order and bounds by ``ul.reassembly``; a data
+set's fragments go to the application's sink as they arrive (a C-STORE data set is streamed to
+disk, never held in memory).
 
 ``serve_association`` runs in the association's own thread. The application (``scp.handlers``)
 decides who may associate and what each message means; this module owns the protocol: PDU
-order, fragment assembly, limits and timeouts, and always cleans up (a sink for a data set that
-never completed is aborted, which removes its spool file).
+order, limits and timeouts, and always cleans up (a sink for a data set that never completed is
+aborted, which removes its spool file).
 """
 
 from __future__ import annotations
@@ -16,30 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ctnode.dicom.contexts import (
-    ACCEPTANCE,
-    USER_REJECTION,
-    ContextDecision,
-    ProposedContext,
-    Service,
-    negotiate,
-    negotiate_role,
-)
-from ctnode.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from ctnode.dicom.contexts import ACCEPTANCE
 from ctnode.ul import pdu as P
-from ctnode.ul.dimse import (
-    C_CANCEL_RQ,
-    C_ECHO_RQ,
-    C_STORE_RQ,
-    N_DELETE_RQ,
-    N_GET_RQ,
-    NO_DATASET,
-    Command,
-    CommandError,
-    decode_command,
-    encode_command,
-)
-from ctnode.ul.limits import MAX_COMMAND_BYTES, MAX_SMALL_DATASET
+from ctnode.ul.dimse import C_STORE_RQ, NO_DATASET, Command, CommandError, encode_command
+from ctnode.ul.limits import MAX_SMALL_DATASET
+from ctnode.ul.negotiation import Accept, AcceptedContext, Reject, agree, screen
+from ctnode.ul.reassembly import REQUESTS_WITHOUT_DATASET, FragmentError, Reassembly
 from ctnode.ul.transport import (
     PduReader,
     PeerClosed,
@@ -47,16 +36,6 @@ from ctnode.ul.transport import (
     close_gracefully,
     send_all,
 )
-
-
-@dataclass(slots=True)
-class AcceptedContext:
-    """A presentation context accepted on this association."""
-
-    context_id: int
-    abstract_syntax: str
-    transfer_syntax: str
-    service: Service | None
 
 
 @dataclass(slots=True)
@@ -92,24 +71,6 @@ class AssociationInfo:
             "peer": getattr(self.peer, "name", None),
             "peer_address": self.address,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    """A-ASSOCIATE-RJ parameters, with a reason for the log."""
-
-    result: int
-    source: int
-    reason: int
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class Accept:
-    """Accept the association; *allowed* limits the services (None = all ctnode offers)."""
-
-    allowed: frozenset[Service] | None
-    peer: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,45 +139,9 @@ class AbortAssociation(Exception):
         self.source, self.reason = source, reason
 
 
-#: Requests PS3.7 defines without a data set (Command Data Set Type 0101H): C-ECHO-RQ (9.3.5),
-#: C-CANCEL-RQ (9.3.2.3), N-GET-RQ (10.3.2), N-DELETE-RQ (10.3.6).
-_REQUESTS_WITHOUT_DATASET = frozenset({C_ECHO_RQ, C_CANCEL_RQ, N_GET_RQ, N_DELETE_RQ})
-
-
 def new_association_id() -> str:
     """A short random id for log correlation."""
     return secrets.token_hex(4)
-
-
-def _decide_contexts(
-    rq: P.AssociateRQ, allowed: frozenset[Service] | None
-) -> tuple[list[ContextDecision], list[P.RoleSelection]]:
-    proposed = [
-        ProposedContext(c.context_id, c.abstract_syntax, c.transfer_syntaxes) for c in rq.contexts
-    ]
-    decisions = negotiate(proposed, allowed)
-    roles_in = {r.sop_class_uid: r for r in rq.user.roles}
-    roles_out: list[P.RoleSelection] = []
-    answered: set[str] = set()
-    final: list[ContextDecision] = []
-    for decision in decisions:
-        role = roles_in.get(decision.abstract_syntax)
-        answer = decision
-        if role is not None and decision.accepted:
-            scu, scp = negotiate_role(decision.abstract_syntax, role.scu_role, role.scp_role)
-            if not scu and not scp:
-                answer = ContextDecision(
-                    decision.context_id,
-                    decision.abstract_syntax,
-                    USER_REJECTION,
-                    decision.transfer_syntax,
-                    decision.service,
-                )
-            elif decision.abstract_syntax not in answered:
-                roles_out.append(P.RoleSelection(decision.abstract_syntax, scu, scp))
-                answered.add(decision.abstract_syntax)
-        final.append(answer)
-    return final, roles_out
 
 
 class _Acceptor:
@@ -235,9 +160,7 @@ class _Acceptor:
         self.stopping = stopping
         self.reader = PduReader(sock, limits.max_pdu_length, limits.network_timeout)
         self.sink: DatasetSink | None = None
-        #: Bytes of the current data set so far, and its bound (None: C-STORE, streamed to disk).
-        self.dataset_bytes = 0
-        self.dataset_limit: int | None = None
+        self.messages = Reassembly()
 
     # -- sending ---------------------------------------------------------------------
 
@@ -280,97 +203,41 @@ class _Acceptor:
             )
         rq = P.decode_associate_rq(bytes(body))
         self.info.calling_ae, self.info.called_ae = rq.calling_ae, rq.called_ae
-        decision = self._check(rq)
-        if isinstance(decision, Reject):
-            self._send(P.encode_associate_rj(decision.result, decision.source, decision.reason))
-            self.info.result, self.info.detail = "rejected", decision.why
-            return False
-        self.info.peer = decision.peer
-        decisions, roles = _decide_contexts(rq, decision.allowed)
-        if decision.allowed is not None and not any(d.accepted for d in decisions):
-            asked = {d.service for d in decisions if d.service is not None}
-            if asked and not (asked & decision.allowed):
-                # Everything asked for is a service this peer may not use.
-                self._send(
-                    P.encode_associate_rj(
-                        P.RJ_PERMANENT, P.RJ_SOURCE_USER, P.RJ_CALLING_AE_NOT_RECOGNIZED
-                    )
-                )
-                self.info.result = "rejected"
-                self.info.detail = "peer may not use " + ", ".join(sorted(s.value for s in asked))
-                return False
-        for d in decisions:
-            if d.accepted:
-                self.info.contexts[d.context_id] = AcceptedContext(
-                    d.context_id, d.abstract_syntax, d.transfer_syntax, d.service
-                )
-        self.info.peer_max_pdu = rq.user.max_pdu_length
-        ac = P.AssociateAC(
-            called_ae=rq.called_ae,
-            calling_ae=rq.calling_ae,
-            contexts=[
-                P.PresentationContextAC(d.context_id, d.result, d.transfer_syntax)
-                for d in decisions
-            ],
-            user=P.UserInformation(
-                max_pdu_length=self.limits.max_pdu_length,
-                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-                roles=roles,
-            ),
+        limits = self.limits
+        decision = screen(
+            rq,
+            limits.our_ae_title,
+            limits.also_ae_titles,
+            lambda request: self.app.associate(request, self.info),
         )
-        self._send(P.encode_associate_ac(ac))
+        if isinstance(decision, Reject):
+            return self._reject(decision)
+        self.info.peer = decision.peer
+        agreement = agree(rq, decision.allowed, limits.max_pdu_length)
+        if isinstance(agreement, Reject):
+            return self._reject(agreement)
+        self.info.contexts.update(agreement.contexts)
+        self.info.peer_max_pdu = rq.user.max_pdu_length
+        self._send(P.encode_associate_ac(agreement.ac))
         self.info.result = "accepted"
         self.info.established = True
         self.app.established(self.info)
         return True
 
-    def _check(self, rq: P.AssociateRQ) -> Accept | Reject:
-        if not rq.protocol_version & 1:
-            return Reject(
-                P.RJ_PERMANENT,
-                P.RJ_SOURCE_ACSE,
-                P.RJ_PROTOCOL_VERSION_NOT_SUPPORTED,
-                f"protocol version 0x{rq.protocol_version:04X} not supported",
-            )
-        if rq.application_context != P.APPLICATION_CONTEXT:
-            return Reject(
-                P.RJ_PERMANENT,
-                P.RJ_SOURCE_USER,
-                P.RJ_APPLICATION_CONTEXT_NOT_SUPPORTED,
-                f"application context {rq.application_context!r} not supported",
-            )
-        if rq.called_ae != self.limits.our_ae_title and rq.called_ae not in (
-            self.limits.also_ae_titles
-        ):
-            return Reject(
-                P.RJ_PERMANENT,
-                P.RJ_SOURCE_USER,
-                P.RJ_CALLED_AE_NOT_RECOGNIZED,
-                f"called AE title {rq.called_ae!r} is not ours ({self.limits.our_ae_title!r})",
-            )
-        decision = self.app.associate(rq, self.info)
-        if isinstance(decision, Accept) and not rq.contexts:
-            return Reject(
-                P.RJ_PERMANENT,
-                P.RJ_SOURCE_USER,
-                P.RJ_NO_REASON,
-                "A-ASSOCIATE-RQ proposes no presentation context (PS3.8 9.3.2 requires one or "
-                "more): fix the calling device's configuration",
-            )
-        return decision
+    def _reject(self, reject: Reject) -> bool:
+        self._send(P.encode_associate_rj(reject.result, reject.source, reject.reason))
+        self.info.result, self.info.detail = "rejected", reject.why
+        return False
 
     # -- data transfer ----------------------------------------------------------------
 
     def run(self) -> None:
-        current: tuple[int, Command] | None = None  # (context_id, command) awaiting data set
-        command_buf = bytearray()
-        command_ctx: int | None = None
+        messages = self.messages
         while True:
             # Between messages a peer may be silent for network_timeout; while a data set is
             # coming, for dimse_timeout but never longer than network_timeout.
             idle = self.limits.network_timeout
-            if current is not None:
+            if messages.expecting_dataset:
                 idle = min(self.limits.dimse_timeout, idle)
             pdu_type, body = self.reader.read_pdu(first_timeout=idle)
             if pdu_type == P.P_DATA_TF:
@@ -381,44 +248,27 @@ class _Acceptor:
                             f"PDV on presentation context {context_id}, which was not accepted",
                             reason=P.ABORT_INVALID_PARAMETER,
                         )
-                    is_command, is_last = bool(control & 1), bool(control & 2)
-                    if is_command:
-                        if current is not None:
+                    if control & 1:
+                        try:
+                            cmd = messages.command_fragment(context_id, data, bool(control & 2))
+                        except CommandError as exc:
                             raise AbortAssociation(
-                                "command fragment while a data set was expected",
-                                reason=P.ABORT_UNEXPECTED_PDU,
-                            )
-                        if command_ctx is not None and command_ctx != context_id:
-                            raise AbortAssociation(
-                                "command fragments on two presentation contexts",
-                                reason=P.ABORT_INVALID_PARAMETER,
-                            )
-                        command_ctx = context_id
-                        command_buf += data
-                        if len(command_buf) > MAX_COMMAND_BYTES:
-                            raise AbortAssociation(
-                                "command set larger than 64 KiB", reason=P.ABORT_INVALID_PARAMETER
-                            )
-                        if is_last:
-                            current = self._command(ctx, bytes(command_buf))
-                            command_buf.clear()
-                            command_ctx = None
+                                f"undecodable command set: {exc}", reason=P.ABORT_INVALID_PARAMETER
+                            ) from exc
+                        if cmd is not None:
+                            self._command(ctx, cmd)
                     else:
-                        if current is None or current[0] != context_id or self.sink is None:
-                            raise AbortAssociation(
-                                "data set fragment without a command announcing it",
-                                reason=P.ABORT_UNEXPECTED_PDU,
-                            )
-                        self._bound_dataset(len(data))
-                        self.sink.write(data)
-                        if is_last:
-                            sink, self.sink = self.sink, None
+                        messages.dataset_fragment(context_id, len(data), bool(control & 2))
+                        sink = self.sink
+                        assert sink is not None  # set whenever a data set is expected
+                        sink.write(data)
+                        if control & 2:
+                            self.sink = None
                             reply = sink.complete()
                             if reply is not None:
                                 self._answer(context_id, reply)
-                            current = None
             elif pdu_type == P.A_RELEASE_RQ:
-                if current is not None or command_buf:
+                if not messages.idle:
                     self.info.detail = "released with a message incomplete"
                     self._drop_sink()
                 self._send(P.encode_release_rp())
@@ -438,36 +288,23 @@ class _Acceptor:
                     reason=P.ABORT_UNEXPECTED_PDU,
                 )
 
-    def _command(self, ctx: AcceptedContext, raw: bytes) -> tuple[int, Command] | None:
-        try:
-            cmd = decode_command(raw)
-        except CommandError as exc:
-            raise AbortAssociation(
-                f"undecodable command set: {exc}", reason=P.ABORT_INVALID_PARAMETER
-            ) from exc
+    def _command(self, ctx: AcceptedContext, cmd: Command) -> None:
+        """A complete command: answer it, or, if it announces a data set, get a sink for it."""
         if cmd.has_dataset:
-            if cmd.field in _REQUESTS_WITHOUT_DATASET:
+            if cmd.field in REQUESTS_WITHOUT_DATASET:
                 raise AbortAssociation(
                     f"{cmd.name} announces a data set, which PS3.7 does not allow "
                     "(Command Data Set Type must be 0101H)",
                     reason=P.ABORT_INVALID_PARAMETER,
                 )
             self.sink = self.app.begin(self.info, ctx, cmd)
-            self.dataset_bytes = 0
-            self.dataset_limit = None if cmd.field == C_STORE_RQ else MAX_SMALL_DATASET
-            return (ctx.context_id, cmd)
+            # A C-STORE data set streams to disk (bounded by the store); others are in memory.
+            limit = None if cmd.field == C_STORE_RQ else MAX_SMALL_DATASET
+            self.messages.expect_dataset(ctx.context_id, limit)
+            return
         reply = self.app.handle(self.info, ctx, cmd)
         if reply is not None:
             self._answer(ctx.context_id, reply)
-        return None
-
-    def _bound_dataset(self, more: int) -> None:
-        self.dataset_bytes += more
-        if self.dataset_limit is not None and self.dataset_bytes > self.dataset_limit:
-            raise AbortAssociation(
-                f"data set of a non-storage message larger than {self.dataset_limit} bytes",
-                reason=P.ABORT_INVALID_PARAMETER,
-            )
 
     def _answer(self, context_id: int, reply: Reply) -> None:
         try:
@@ -502,6 +339,8 @@ def serve_association(
             acceptor.run()
     except AbortAssociation as exc:
         acceptor.abort(str(exc), exc.source, exc.reason)
+    except FragmentError as exc:
+        acceptor.abort(str(exc), P.ABORT_SOURCE_PROVIDER, exc.reason)
     except P.PDUError as exc:
         acceptor.abort(str(exc), P.ABORT_SOURCE_PROVIDER, exc.abort_reason)
     except ReadTimeout as exc:

@@ -91,6 +91,11 @@ class Reassembly:
         """True between messages (no fragment of an unfinished message has arrived)."""
         return not (self._expecting or self._command)
 
+    @property
+    def expecting_dataset(self) -> bool:
+        """True while the data set a command announced is coming."""
+        return self._expecting
+
     def command_fragment(self, context_id: int, data: memoryview, last: bool) -> Command | None:
         """Take a command fragment; the decoded command once its *last* fragment has come."""
         if self._expecting:
