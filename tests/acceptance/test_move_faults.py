@@ -4,7 +4,6 @@ sub-operations (0xB000) and a PACS that keeps sending pending responses."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pydicom
@@ -13,6 +12,7 @@ from tests.helpers.fakeqr import FakeQRSCP
 from tests.helpers.jobs import job_json, wait_job
 from tests.helpers.procs import CtnodeProcess, free_port
 from tests.helpers.qrdata import FAST_QUEUE, Study, make_study, peer
+from tests.helpers.waiting import wait_until
 
 
 def _study(tmp_path: Path) -> tuple[Study, list[pydicom.Dataset]]:
@@ -154,10 +154,12 @@ def test_cancel_running_move_sends_c_cancel(tmp_path: Path) -> None:
         ) as node,
     ):
         job_id = int(node.cli("move", "fake", "--study", study.uid).stdout)
-        deadline = time.monotonic() + 30
-        while not (job_json(node, job_id).get("progress") or {}).get("arrived"):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(
+            lambda: (job_json(node, job_id).get("progress") or {}).get("arrived"),
+            30,
+            interval=0.1,
+            message="a first arrived instance",
+        )
         cancel = node.cli("jobs", "cancel", str(job_id))
         assert cancel.returncode == 0, cancel.stderr
         job = wait_job(node, job_id, {"cancelled", "succeeded", "failed"})

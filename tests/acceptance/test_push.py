@@ -23,6 +23,7 @@ from tests.helpers.fakes import FakeStoreSCP
 from tests.helpers.jobs import job_json, wait_job
 from tests.helpers.procs import CTNODE, CtnodeProcess, free_port, run_tool, storescp
 from tests.helpers.qrdata import peer as _peer
+from tests.helpers.waiting import wait_until
 
 FAST_QUEUE = {
     "workers": 2,
@@ -160,10 +161,12 @@ def test_peer_down_then_up(tmp_path: Path, scp_dir: Path) -> None:
         tmp_path / "node", config={"queue": FAST_QUEUE}, peers={"scp": _peer("STORESCP", port)}
     ) as node:
         job_id = int(node.cli("push", "scp", str(tmp_path / "in")).stdout)
-        deadline = time.monotonic() + 30
-        while (job := _job(node, job_id))["attempts"] < 2:
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
+        job = wait_until(
+            lambda: (j := _job(node, job_id))["attempts"] >= 2 and j,
+            30,
+            interval=0.2,
+            message=lambda: f"a second attempt: {_job(node, job_id)}",
+        )
         assert "cannot connect" in job["last_error"]
         with storescp(scp_dir, port):
             job = _wait_job(node, job_id, {"succeeded", "failed"})
@@ -255,10 +258,12 @@ def test_kill_9_mid_push_resumes_with_bounded_duplicates(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while sum(1 for p in scp_dir.iterdir()) < 60:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_until(
+        lambda: sum(1 for p in scp_dir.iterdir()) >= 60,
+        60,
+        interval=0.005,
+        message="60 files at the peer",
+    )
     node.kill()
     job_id = int(submit.communicate(timeout=30)[0])
     at_kill = sum(1 for _ in scp_dir.iterdir())
@@ -293,8 +298,7 @@ def test_cancel_running_push(tmp_path: Path) -> None:
     ):
         job_id = int(node.cli("push", "fake", str(tmp_path / "in")).stdout)
         _wait_job(node, job_id, {"running"})
-        while not fake.received:
-            time.sleep(0.05)
+        wait_until(lambda: fake.received, 60, message="a first C-STORE at the peer")
         out = node.cli("jobs", "cancel", str(job_id))
         assert out.returncode == 0, out.stderr
         job = _wait_job(node, job_id, {"cancelled", "succeeded"})
@@ -436,10 +440,12 @@ def test_push_to_a_peer_added_before_reload(
     with CtnodeProcess(tmp_path / "node", config={"queue": FAST_QUEUE}) as node:
         node.write_peer("late", _peer("STORESCP", storescp_peer.port))
         job_id = int(node.cli("push", "late", str(tmp_path / "in")).stdout)
-        deadline = time.monotonic() + 30
-        while "not loaded" not in str((job := _job(node, job_id))["last_error"]):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.1)
+        wait_until(
+            lambda: "not loaded" in str(_job(node, job_id)["last_error"]),
+            30,
+            interval=0.1,
+            message=lambda: f"a 'not loaded' error: {_job(node, job_id)}",
+        )
         node.signal(signal.SIGHUP)
         job = _wait_job(node, job_id, {"succeeded", "failed"})
     assert job["state"] == "succeeded", job

@@ -4,7 +4,6 @@ against DCMTK dcmqrscp (default fork mode) with ctnode and a DCMTK storescp in i
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from tests.helpers.dicomgen import dataset_bytes
 from tests.helpers.jobs import job_json, wait_job
 from tests.helpers.procs import CtnodeProcess, ServerProcess, free_port, run_tool, storescp
 from tests.helpers.qrdata import FAST_QUEUE, Study, make_study, peer
+from tests.helpers.waiting import wait_until
 
 
 @dataclass
@@ -267,10 +267,12 @@ def test_move_retried_until_dcmqrscp_is_started(tmp_path: Path) -> None:
         peers={"qr": peer("DCMQRSCP", qr.port)},
     ) as node:
         job_id = int(node.cli("move", "qr", "--study", study.uid).stdout)
-        deadline = time.monotonic() + 30
-        while (job := job_json(node, job_id))["attempts"] < 2:
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
+        job = wait_until(
+            lambda: (j := job_json(node, job_id))["attempts"] >= 2 and j,
+            30,
+            interval=0.2,
+            message=lambda: f"a second attempt: {job_json(node, job_id)}",
+        )
         assert job["state"] in ("queued", "running")
         assert "cannot connect" in job["last_error"]
         with qr:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from tests.helpers.dicomgen import write_series
 from tests.helpers.procs import DCMTK_ENV, CtnodeProcess, run_tool
 from tests.helpers.scu import echo_ok
+from tests.helpers.waiting import wait_until
 
 #: DCMTK's default calling AE title is STORESCU (echoscu's is ECHOSCU).
 MODALITY = {"ae_title": "STORESCU", "host": "127.0.0.1", "port": 104, "accept": ["echo", "store"]}
@@ -37,13 +37,20 @@ def reload(node: CtnodeProcess, event: str, **fields: object) -> dict[str, objec
     assert node.log is not None
     seen = len(node.log.named(event))
     node.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for candidate in node.log.named(event)[seen:]:
+    log = node.log
+
+    def logged() -> dict[str, object] | None:
+        for candidate in log.named(event)[seen:]:
             if all(candidate.get(k) == v for k, v in fields.items()):
                 return candidate
-        time.sleep(0.02)
-    raise TimeoutError(f"no {event} {fields} after SIGHUP:\n" + "\n".join(node.log.lines[-20:]))
+        return None
+
+    return wait_until(
+        logged,
+        30,
+        interval=0.02,
+        message=lambda: f"{event} {fields} after SIGHUP:\n" + "\n".join(log.lines[-20:]),
+    )
 
 
 def test_new_valid_peer_can_associate_right_after_sighup(node: CtnodeProcess) -> None:

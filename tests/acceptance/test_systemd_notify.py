@@ -20,6 +20,7 @@ from tests.conftest import PG_ADMIN
 from tests.helpers.notify import Message, NotifySocket
 from tests.helpers.procs import CtnodeProcess
 from tests.helpers.scu import echo_ok
+from tests.helpers.waiting import wait_until
 
 MODALITY = {"ae_title": "MODALITY", "host": "127.0.0.1", "port": 104, "accept": ["echo", "store"]}
 #: The watchdog interval systemd would announce; pings are due every half of it.
@@ -60,13 +61,12 @@ def wait_pings(
     notify: NotifySocket, count: int, after: float, timeout: float = 30
 ) -> list[Message]:
     """Wait until *count* WATCHDOG=1 pings arrived after *after*; returns them."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def pinged() -> list[Message] | None:
         pings = notify.between("WATCHDOG", after, float("inf"), "1")
-        if len(pings) >= count:
-            return pings
-        time.sleep(0.05)
-    raise TimeoutError(f"fewer than {count} WATCHDOG=1 pings within {timeout} s")
+        return pings if len(pings) >= count else None
+
+    return wait_until(pinged, timeout, message=f"{count} WATCHDOG=1 pings")
 
 
 def test_ready_only_once_the_port_accepts_then_status_and_pings(

@@ -18,6 +18,7 @@ from tests.helpers import rawclient as raw
 from tests.helpers.certs import Pki, make_pki
 from tests.helpers.dicomgen import make_dataset, write
 from tests.helpers.procs import CtnodeProcess, free_port, run_tool, started, storescp
+from tests.helpers.waiting import wait_until
 
 HANDSHAKE_TIMEOUT = 2.0
 SLACK = 5.0
@@ -80,13 +81,12 @@ def _tls_failures(node: CtnodeProcess) -> list[dict[str, Any]]:
 
 
 def _wait_tls_failure(node: CtnodeProcess, count: int, timeout: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        failures = _tls_failures(node)
-        if len(failures) >= count:
-            return failures[count - 1]
-        time.sleep(0.05)
-    raise AssertionError(f"no tls_failed association #{count} logged")
+    from_count = wait_until(
+        lambda: _tls_failures(node)[count - 1 :],
+        timeout,
+        message=f"tls_failed association #{count} logged",
+    )
+    return from_count[0]
 
 
 def test_ready_names_the_tls_port(node: CtnodeProcess) -> None:

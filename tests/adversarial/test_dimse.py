@@ -37,6 +37,7 @@ from tests.adversarial.harness import (
 )
 from tests.helpers import rawclient as raw
 from tests.helpers.dicomgen import encode_dataset, make_dataset
+from tests.helpers.waiting import wait_until
 
 CT = [(CT_IMAGE, [EXPLICIT_VR_LE])]
 SLACK = 4.0
@@ -509,12 +510,12 @@ def test_control_characters_in_ae_titles(node: HostileNode) -> None:
     with raw.connect(node.port) as sock:
         sock.sendall(raw.associate_rq_raw_ae(calling=nasty))
         assert raw.expect_rj(sock) == (1, 1, 3)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def both_logged() -> bool:
         events = [json.loads(line) for line in _log_lines_since(node, start)]
-        if sum(e.get("event") == "scp.association" for e in events) >= 2:
-            break
-        time.sleep(0.05)
+        return sum(e.get("event") == "scp.association" for e in events) >= 2
+
+    wait_until(both_logged, 10, message="two scp.association log lines")
     lines = _log_lines_since(node, start)
     assert sum('"scp.association"' in line for line in lines) >= 2
     for line in lines:

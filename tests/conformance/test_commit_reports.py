@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.helpers.dicomgen import write_series
 from tests.helpers.fake_commitment import FakeCommitmentSCP
 from tests.helpers.jobs import job_json, repo_of, submit_commit, wait_job
 from tests.helpers.procs import CtnodeProcess
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -133,16 +133,22 @@ def _transactions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _waiting_on_new_round(node: CtnodeProcess, job_id: int, old: str) -> str:
     """Wait until the job waits for the report of a round newer than *old*; its UID."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def new_round() -> str | None:
         job = job_json(node, job_id)
         txs = _transactions(job)
         requested = [u for u, tx in txs.items() if tx["state"] == "requested" and u != old]
         if job["state"] == "waiting" and requested:
             return requested[0]
         assert job["state"] not in FINAL, job
-        time.sleep(0.1)
-    raise TimeoutError(f"job {job_id} never waited on a new round: {job_json(node, job_id)}")
+        return None
+
+    return wait_until(
+        new_round,
+        60,
+        interval=0.1,
+        message=lambda: f"job {job_id} waiting on a new round: {job_json(node, job_id)}",
+    )
 
 
 @dataclass

@@ -34,6 +34,7 @@ from tests.helpers.ledger import DirectoryPeer, Ledger, uids_of
 from tests.helpers.procs import CtnodeProcess, LogReader, storescp
 from tests.helpers.proxy import FaultProxy, Mode
 from tests.helpers.senders import SendResult, send_pynetdicom
+from tests.helpers.waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -80,15 +81,16 @@ def push_files(directory: Path) -> list[Path]:
 def wait_clock(log: LogReader, hours: float, since: int, timeout: float = 10) -> None:
     """Wait for a log line written after event *since* whose timestamp shows the process's
     clock *hours* away from the real time (proof that the step reached the process)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def shown() -> bool:
         for event in log.events[since:]:
             stamp = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
             offset = (stamp - datetime.now(UTC)).total_seconds()
             if abs(offset - hours * 3600) < 120:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"the node's clock never showed {hours:+g} h")
+                return True
+        return False
+
+    wait_until(shown, timeout, message=f"the node's clock to show {hours:+g} h")
 
 
 class SlowSender:

@@ -57,6 +57,7 @@ from tests.helpers.ledger import Ledger, OrthancPeer, uids_of
 from tests.helpers.orthanc import Orthanc
 from tests.helpers.procs import CtnodeProcess, run_tool
 from tests.helpers.proxy import FaultProxy, Mode
+from tests.helpers.waiting import wait_until
 
 #: Seconds a requested transaction waits for its report (well above the 1-3 s a report takes
 #: through the throttle, or CONNECT_DELAY plus that, so only a kill makes one expire).
@@ -96,20 +97,23 @@ def transactions(node: CtnodeProcess, job_id: int) -> list[dict[str, Any]]:
 def wait_events(node: CtnodeProcess, event: str, job_id: int, count: int, timeout: float) -> None:
     """Wait until this run of the node logged *event* for the job *count* times."""
     assert node.log is not None
-    deadline = time.monotonic() + timeout
-    while len([e for e in node.log.named(event) if e.get("job") == job_id]) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{event} x{count}")
-        time.sleep(0.01)
+    log = node.log
+    wait_until(
+        lambda: len([e for e in log.named(event) if e.get("job") == job_id]) >= count,
+        timeout,
+        interval=0.01,
+        message=f"{event} x{count}",
+    )
 
 
 def wait_report_association(proxy: FaultProxy, before: int, timeout: float) -> None:
     """Wait until Orthanc opened a report association (the proxy accepted one more)."""
-    deadline = time.monotonic() + timeout
-    while sum(proxy.stats.accepted.values()) <= before:
-        if time.monotonic() > deadline:
-            raise TimeoutError("no report association")
-        time.sleep(0.01)
+    wait_until(
+        lambda: sum(proxy.stats.accepted.values()) > before,
+        timeout,
+        interval=0.01,
+        message="a report association",
+    )
 
 
 def kill_in_phase(

@@ -15,7 +15,6 @@ own storescp, no proxy) with ``queue.workers: 2``:
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tests.helpers.jobs import job_json, submit_push, wait_job
 from tests.helpers.ledger import DirectoryPeer, Ledger, uids_of
 from tests.helpers.procs import CtnodeProcess, storescp
 from tests.helpers.proxy import FaultProxy, Mode
+from tests.helpers.waiting import wait_until
 
 TIMEOUTS = {"connect": 2, "acse": 2, "dimse": 3, "network": 3}
 #: Longest a failed attempt may take: the slowest phase (network write 3 s, DIMSE 3 s) plus the
@@ -125,15 +125,15 @@ def run_case(
         ledger.fault(f"proxy {proxy_settings['mode']}")
         with node:
             job_id = submit_push(node, "faulty", tmp_path / "in")
-            deadline = time.monotonic() + 40
             if error is not None:  # wait for two failed attempts
-                while _ended_attempts(job_json(node, job_id)) < 2:
-                    assert time.monotonic() < deadline, job_json(node, job_id)
-                    time.sleep(0.2)
+                wait_until(
+                    lambda: _ended_attempts(job_json(node, job_id)) >= 2,
+                    40,
+                    interval=0.2,
+                    message=lambda: f"two ended attempts: {job_json(node, job_id)}",
+                )
             else:  # throttled: wait until it is well under way
-                while proxy.stats.bytes_up < 20_000:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
+                wait_until(lambda: proxy.stats.bytes_up >= 20_000, 40, message="20 kB upstream")
             other = submit_push(node, "healthy", tmp_path / "healthy-in")
             other_report = wait_job(node, other, FINAL, timeout=30)
             assert other_report["state"] == "succeeded", other_report

@@ -26,6 +26,7 @@ from tests.helpers.ledger import DirectoryPeer, Ledger, uids_of
 from tests.helpers.procs import CtnodeProcess, storescp
 from tests.helpers.proxy import FaultProxy, Mode
 from tests.helpers.senders import send_pynetdicom
+from tests.helpers.waiting import wait_until
 
 MODALITY = {"ae_title": "MODALITY", "host": "127.0.0.1", "port": 104, "accept": ["store"]}
 QUEUE = {
@@ -175,8 +176,7 @@ def test_database_locked_by_another_process(
             busy_proxy.set_mode(Mode.THROTTLE, rate=300_000)
             busy_id = submit_push(node, "busy", tmp_path / "busy")
             node.log.wait_for("job.attempt_started", job=job_id)
-            while busy_proxy.stats.bytes_up < 200_000:
-                time.sleep(0.05)
+            wait_until(lambda: busy_proxy.stats.bytes_up >= 200_000, 60, message="200 kB upstream")
             locker = _lock(url, 6)
             ledger.fault("database locked")
             started = time.monotonic()

@@ -16,6 +16,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 from tests.helpers.procs import free_port
+from tests.helpers.waiting import wait_until
 
 #: The well-known SOP Instance of the Storage Commitment Push Model.
 WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"
@@ -231,13 +232,14 @@ class FakeCommitmentSCP:
 
     def wait_actions(self, count: int, timeout: float = 60) -> list[Action]:
         """Wait until *count* N-ACTIONs arrived; returns them."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def arrived() -> list[Action] | None:
             with self._lock:
-                if len(self.actions) >= count:
-                    return list(self.actions)
-            time.sleep(0.05)
-        raise TimeoutError(f"{len(self.actions)} N-ACTION(s), expected {count}")
+                return list(self.actions) if len(self.actions) >= count else None
+
+        return wait_until(
+            arrived, timeout, message=lambda: f"{count} N-ACTION(s); {len(self.actions)} arrived"
+        )
 
 
 def _status(status: Dataset) -> int | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import RetryPolicy
 from ctnode.scu.push import collect_files
 from tests.helpers.procs import CtnodeProcess
+from tests.helpers.waiting import wait_until
 
 
 def repo_of(node: CtnodeProcess) -> JobRepository:
@@ -39,13 +39,17 @@ def wait_job(
     """Poll until the job is in one of *states*; returns its report."""
     repo = repo_of(node)
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def reached() -> dict[str, Any] | None:
             report = job_report(repo, job_id)
-            if report["state"] in states:
-                return report
-            time.sleep(0.1)
-        raise TimeoutError(f"job {job_id} not in {states}: {job_report(repo, job_id)}")
+            return report if report["state"] in states else None
+
+        return wait_until(
+            reached,
+            timeout,
+            interval=0.1,
+            message=lambda: f"job {job_id} in {states}: {job_report(repo, job_id)}",
+        )
     finally:
         repo.engine.dispose()
 

@@ -11,12 +11,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from tests.helpers.procs import DCMTK_ENV, free_port, wait_port
+from tests.helpers.waiting import wait_until
 
 ORTHANC = "/usr/sbin/Orthanc"
 
@@ -160,9 +160,4 @@ class Orthanc:
 
     def wait_for(self, predicate: Any, timeout: float = 30) -> None:
         """Poll *predicate(self)* until true."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return
-            time.sleep(0.2)
-        raise TimeoutError("Orthanc condition not met")
+        wait_until(lambda: predicate(self), timeout, interval=0.2, message="an Orthanc condition")

@@ -17,6 +17,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from tests.helpers.waiting import wait_until
+
 #: Debian's DCMTK keeps Nagle's algorithm on unless this is set (see TEST-PEERS.md).
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 CTNODE = [sys.executable, "-m", "ctnode"]
@@ -31,12 +33,12 @@ def free_port() -> int:
 
 def wait_port(port: int, timeout: float = 15, host: str = "127.0.0.1") -> None:
     """Wait until something accepts connections on *port*."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
+
+    def accepts() -> bool:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+
+    wait_until(accepts, timeout, ignore=(OSError,), message=f"a listener on {host}:{port}")
 
 
 def write_yaml(path: Path, data: Mapping[str, Any]) -> Path:
@@ -180,18 +182,25 @@ class CtnodeProcess:
     def wait_ready(self, timeout: float = 30) -> dict[str, Any]:
         """Wait for the ``daemon.ready`` event (fails early if the process exits)."""
         assert self.log is not None and self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        log, proc = self.log, self.proc
+
+        def ready() -> dict[str, Any] | None:
+            if proc.poll() is not None:
                 time.sleep(0.2)
                 raise RuntimeError(
-                    f"ctnode run exited with {self.proc.returncode}:\n" + "\n".join(self.log.lines)
+                    f"ctnode run exited with {proc.returncode}:\n" + "\n".join(log.lines)
                 )
             try:
-                return self.log.wait_for("daemon.ready", timeout=0.2)
+                return log.wait_for("daemon.ready", timeout=0.2)
             except TimeoutError:
-                continue
-        raise TimeoutError("ctnode run not ready:\n" + "\n".join(self.log.lines[-40:]))
+                return None
+
+        return wait_until(
+            ready,
+            timeout,
+            interval=0,
+            message=lambda: "ctnode run ready:\n" + "\n".join(log.lines[-40:]),
+        )
 
     @property
     def pid(self) -> int:

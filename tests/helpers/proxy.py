@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tests.helpers.waiting import wait_until
+
 
 class Mode(StrEnum):
     """How new connections are treated."""
@@ -275,17 +277,18 @@ class FaultProxy:
 
     def _bind_again(self) -> socket.socket:
         # The accept thread may still hold the old listener for a moment (inside select).
-        deadline = time.monotonic() + 2
-        while True:
+        def bound() -> socket.socket:
             sock = self._new_socket()
             try:
                 sock.bind(("127.0.0.1", self.port))
-                return sock
             except OSError:
                 sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+                raise
+            return sock
+
+        return wait_until(
+            bound, 2, interval=0.01, ignore=(OSError,), message=f"port {self.port} to bind again"
+        )
 
     # -- control ---------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from ctnode.db.models import Instance
 from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from ctnode.storage import SpoolFile, Store, StoreRequest
 from tests.helpers.dicomgen import encode_dataset, make_dataset
+from tests.helpers.waiting import wait_until
 
 
 def _store(tmp_path: Path, sessions: sessionmaker[Session], **kw: object) -> Store:
@@ -296,10 +296,10 @@ def test_group_commit_batches_concurrent_rows(sessions: sessionmaker[Session]) -
     followers = [threading.Thread(target=insert, args=(u,)) for u in ("1.9.2", "1.9.3", "1.9.0")]
     for t in followers:
         t.start()
-    deadline = time.monotonic() + 10
-    while len(committer._queue) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    others_queued.set()
+    try:
+        wait_until(lambda: len(committer._queue) >= 3, 10, interval=0.01, message="3 queued rows")
+    finally:
+        others_queued.set()
     for t in [leader, *followers]:
         t.join(10)
     assert batches[0] == ["1.9.1"]
