@@ -19,10 +19,31 @@ from ctnode.queue.retry import RetryPolicy
 POLICY = RetryPolicy(max_attempts=3, initial_delay=5, multiplier=2, max_delay=60, jitter=0.1)
 
 
+class Clock:
+    """How far a test moved the repository's clock past the database's (no sleeping past
+    leases and deadlines: the repository still reads the database clock, plus this)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> timedelta:
+        return self.offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the repository's now *seconds* forward."""
+        self.offset += timedelta(seconds=seconds)
+
+
 @pytest.fixture
-def repo(engine: Engine) -> JobRepository:
-    """A repository with a 1 s lease on a migrated database."""
-    return JobRepository(engine, lease_seconds=1)
+def clock() -> Clock:
+    """The repository's clock offset, moved forward by the tests."""
+    return Clock()
+
+
+@pytest.fixture
+def repo(engine: Engine, clock: Clock) -> JobRepository:
+    """A repository with a 1 s lease on a migrated database, on the test's clock."""
+    return JobRepository(engine, lease_seconds=1, clock_offset=clock)
 
 
 def _submit(repo: JobRepository, n: int = 1, **kw: object) -> list[int]:
@@ -89,32 +110,32 @@ def test_no_job_claimed_twice_by_two_processes_of_four_workers(
     assert all(repo.get(i).attempts == 1 for i in ids)
 
 
-def test_expired_lease_is_reclaimed(repo: JobRepository) -> None:
+def test_expired_lease_is_reclaimed(repo: JobRepository, clock: Clock) -> None:
     """A job whose worker stopped renewing is claimed again after the lease, attempt 2."""
     (job_id,) = _submit(repo)
     first = repo.claim("a", "node")
     assert first is not None and first.attempts == 1
     assert repo.claim("b", "node") is None  # lease still valid
-    time.sleep(1.3)
+    clock.advance(1.3)
     second = repo.claim("b", "node")
     assert second is not None and second.id == job_id and second.attempts == 2
     assert second.lease_owner == "b"
 
 
-def test_owner_never_steals_from_itself(repo: JobRepository) -> None:
+def test_owner_never_steals_from_itself(repo: JobRepository, clock: Clock) -> None:
     """An expired lease is not reclaimed by the same owner (its own attempt is still running,
     e.g. after the local clock stepped forward)."""
     _submit(repo)
     assert repo.claim("a", "node") is not None
-    time.sleep(1.3)
+    clock.advance(1.3)
     assert repo.claim("a", "node") is None
 
 
-def test_late_completion_after_lease_lost_is_refused(repo: JobRepository) -> None:
+def test_late_completion_after_lease_lost_is_refused(repo: JobRepository, clock: Clock) -> None:
     """The worker that lost its lease cannot finish, record items or retry the job."""
     (job_id,) = _submit(repo)
     assert repo.claim("a", "node") is not None
-    time.sleep(1.3)
+    clock.advance(1.3)
     assert repo.claim("b", "node") is not None
     item = repo.items(job_id)[0]
     assert not repo.finish(job_id, "a", JobState.SUCCEEDED)
@@ -127,7 +148,7 @@ def test_late_completion_after_lease_lost_is_refused(repo: JobRepository) -> Non
     assert [e.event for e in repo.events(job_id)].count("succeeded") == 1
 
 
-def test_retry_schedule_uses_the_delay(repo: JobRepository) -> None:
+def test_retry_schedule_uses_the_delay(repo: JobRepository, clock: Clock) -> None:
     """A scheduled retry is not claimable before not_before, and is after it."""
     (job_id,) = _submit(repo)
     assert repo.claim("a", "node") is not None
@@ -136,7 +157,7 @@ def test_retry_schedule_uses_the_delay(repo: JobRepository) -> None:
     assert job.state is JobState.QUEUED and job.last_status == 0xA700
     assert job.to_json()["last_status"] == "0xA700"
     assert repo.claim("a", "node") is None
-    time.sleep(1.2)
+    clock.advance(1.2)
     again = repo.claim("a", "node")
     assert again is not None and again.attempts == 2
     events = [e.event for e in repo.events(job_id)]
@@ -246,7 +267,7 @@ def test_release_does_not_count_the_attempt(repo: JobRepository) -> None:
     assert job.state is JobState.QUEUED and job.attempts == 0
 
 
-def test_waiting_job_becomes_claimable_at_its_deadline(repo: JobRepository) -> None:
+def test_waiting_job_becomes_claimable_at_its_deadline(repo: JobRepository, clock: Clock) -> None:
     """`waiting` holds no lease; the job is claimed again once its deadline passes."""
     (job_id,) = _submit(repo)
     assert repo.claim("a", "node") is not None
@@ -254,7 +275,7 @@ def test_waiting_job_becomes_claimable_at_its_deadline(repo: JobRepository) -> N
     job = repo.get(job_id)
     assert job.state is JobState.WAITING and job.lease_owner is None
     assert repo.claim("b", "node") is None
-    time.sleep(1.2)
+    clock.advance(1.2)
     assert repo.claim("b", "node") is not None
 
 

@@ -106,11 +106,19 @@ def _released(
 class JobRepository:
     """Reads and writes jobs; see the module docstring for the fencing and claiming rules."""
 
-    def __init__(self, engine: Engine, *, lease_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lease_seconds: float = 60.0,
+        clock_offset: Callable[[], timedelta] | None = None,
+    ) -> None:
         self.engine = engine
         self.sessions = session_factory(engine)
         self.postgres = engine.dialect.name == "postgresql"
         self.lease = timedelta(seconds=lease_seconds)
+        #: Added to the database's now; none by default (tests move time forward with it).
+        self.clock_offset = clock_offset or timedelta
 
     # ------------------------------------------------------------------ clock
 
@@ -119,8 +127,8 @@ class JobRepository:
         if self.postgres:
             value = session.execute(select(func.now())).scalar_one()
             assert isinstance(value, datetime)
-            return value
-        return utcnow()
+            return value + self.clock_offset()
+        return utcnow() + self.clock_offset()
 
     @staticmethod
     def _event(
