@@ -37,11 +37,12 @@ from ctnode.metrics import (
 from ctnode.moves import MoveRegistry
 from ctnode.peers import PeerRegistry, load_peers
 from ctnode.pools import prewarm
+from ctnode.queue.attempt import Operation
 from ctnode.queue.commitment import CommitmentRepository
 from ctnode.queue.jobs import JobKind
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.wakeup import WakeListener
-from ctnode.queue.worker import Operation, WorkerPool
+from ctnode.queue.worker import WorkerPool
 from ctnode.scp.handlers import ScpApplication
 from ctnode.scp.server import ScpServer
 from ctnode.scu.commit import CommitOperation, commit_after_push

@@ -2,7 +2,10 @@
 
 Every exception's docstring is its default message; raise with a specific message that names the
 file, field or peer and says how to fix it.  ``TransientError`` means "try again later" (the job
-queue retries it); ``PermanentError`` means retrying cannot help.
+queue retries it); ``PermanentError`` means retrying cannot help.  The peer errors of an outbound
+association are transient (``PeerUnreachable``, ``AssociationAborted``, ``AssociationRejected``),
+except a rejection the peer calls permanent (``AssociationRejected.permanent``);
+``ctnode.queue.attempt.outcome_of`` turns any of them into a job attempt's outcome.
 """
 
 from __future__ import annotations
@@ -64,24 +67,29 @@ class PermanentError(CtnodeError):
         self.status = status
 
 
-class AssociationRejected(CtnodeError):
-    """The peer rejected the association."""
+class AssociationRejected(TransientError):
+    """The peer rejected the association.
+
+    A-ASSOCIATE-RJ result 2 ("rejected-transient": congestion, a local limit exceeded) may
+    pass; result 1 ("rejected-permanent": e.g. calling or called AE title not recognised) needs
+    a configuration to change, so retrying cannot help: ``permanent`` is True.
+    """
 
     def __init__(self, message: str, *, result: int, source: int, reason: int) -> None:
         super().__init__(message)
         self.result, self.source, self.reason = result, source, reason
 
     @property
-    def transient(self) -> bool:
-        """A-ASSOCIATE-RJ result 2 is "rejected-transient"."""
-        return self.result == 2
+    def permanent(self) -> bool:
+        """Anything but result 2 ("rejected-transient") is permanent."""
+        return self.result != 2
 
 
-class AssociationAborted(CtnodeError):
+class AssociationAborted(TransientError):
     """The association was aborted (A-ABORT, connection reset or timeout)."""
 
 
-class PeerUnreachable(CtnodeError):
+class PeerUnreachable(TransientError):
     """The peer could not be reached (connection refused, timed out or name not resolved)."""
 
 

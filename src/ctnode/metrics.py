@@ -116,7 +116,7 @@ class Metrics:
 
     def instance_sent(self, peer: str, size: int, code: int) -> None:
         """A C-STORE we sent was answered with *code*."""
-        if st.outcome(code) in (st.Outcome.DONE, st.Outcome.WARNING):
+        if st.meaning(code) in (st.StatusMeaning.SUCCESS, st.StatusMeaning.WARNING):
             self.instances_sent.labels(peer).inc()
             self.bytes_sent.labels(peer).inc(size)
         else:

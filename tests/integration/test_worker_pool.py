@@ -16,10 +16,11 @@ from ctnode.config import QueueSettings
 from ctnode.db import migrate
 from ctnode.db.engine import create_db_engine
 from ctnode.peers import load_peers
+from ctnode.queue.attempt import Attempt, AttemptResult, Outcome
 from ctnode.queue.jobs import JobKind, JobState
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import RetryPolicy
-from ctnode.queue.worker import Attempt, AttemptResult, Outcome, WorkerPool
+from ctnode.queue.worker import WorkerPool
 from tests.helpers.procs import write_yaml
 
 LOCKED = OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked"))

@@ -11,8 +11,8 @@ from ctnode.config import NodeSettings
 from ctnode.dicom import status as st
 from ctnode.errors import UsageError
 from ctnode.follow import _totals, describe
+from ctnode.queue.attempt import Outcome
 from ctnode.queue.jobs import ItemCounts, Job, JobKind, JobState
-from ctnode.queue.worker import Outcome
 from ctnode.scu.move import (
     Counts,
     MovePeer,

@@ -15,7 +15,7 @@ from ctnode.scu.query import (
     build_keys,
     decode_identifier,
     encode_identifier,
-    find_outcome,
+    find_meaning,
     json_cell,
     missing_upper_keys,
     parse_key,
@@ -163,13 +163,13 @@ def test_payload_round_trip() -> None:
     assert payload["level"] == "SERIES" and payload["limit"] == 10
 
 
-def test_find_outcome() -> None:
-    """A cancel we asked for (limit reached) is done; otherwise 0xFE00 and 0xA700 are
-    transient, 0xA900/0xC000 permanent, success done."""
-    assert find_outcome(st.CANCEL, cancelled_by_us=True) is st.Outcome.DONE
-    assert find_outcome(st.SUCCESS, cancelled_by_us=True) is st.Outcome.DONE
-    assert find_outcome(st.CANCEL, cancelled_by_us=False) is st.Outcome.TRANSIENT
-    assert find_outcome(0xA700, cancelled_by_us=False) is st.Outcome.TRANSIENT
-    assert find_outcome(0xA900, cancelled_by_us=False) is st.Outcome.PERMANENT
-    assert find_outcome(0xC001, cancelled_by_us=True) is st.Outcome.PERMANENT
-    assert find_outcome(st.SUCCESS, cancelled_by_us=False) is st.Outcome.DONE
+def test_find_meaning() -> None:
+    """A cancel we asked for (limit reached) is success; otherwise 0xFE00 and 0xA700 are
+    transient failures, 0xA900/0xC000 permanent ones."""
+    assert find_meaning(st.CANCEL, cancelled_by_us=True) is st.StatusMeaning.SUCCESS
+    assert find_meaning(st.SUCCESS, cancelled_by_us=True) is st.StatusMeaning.SUCCESS
+    assert find_meaning(st.CANCEL, cancelled_by_us=False) is st.StatusMeaning.TRANSIENT_FAILURE
+    assert find_meaning(0xA700, cancelled_by_us=False) is st.StatusMeaning.TRANSIENT_FAILURE
+    assert find_meaning(0xA900, cancelled_by_us=False) is st.StatusMeaning.PERMANENT_FAILURE
+    assert find_meaning(0xC001, cancelled_by_us=True) is st.StatusMeaning.PERMANENT_FAILURE
+    assert find_meaning(st.SUCCESS, cancelled_by_us=False) is st.StatusMeaning.SUCCESS

@@ -4,31 +4,40 @@ from __future__ import annotations
 
 import pytest
 
-from ctnode.dicom.status import Category, Outcome, category, describe, group, hex_status, outcome
+from ctnode.dicom.status import (
+    Category,
+    StatusMeaning,
+    category,
+    describe,
+    group,
+    hex_status,
+    meaning,
+)
 
 
 @pytest.mark.parametrize(
     ("code", "expected"),
     [
-        (0x0000, Outcome.DONE),
-        (0xB000, Outcome.WARNING),
-        (0xB006, Outcome.WARNING),
-        (0xB007, Outcome.WARNING),
-        (0xA700, Outcome.TRANSIENT),
-        (0xA711, Outcome.TRANSIENT),
-        (0x0213, Outcome.TRANSIENT),
-        (0x0122, Outcome.PERMANENT),
-        (0x0124, Outcome.PERMANENT),
-        (0xA900, Outcome.PERMANENT),
-        (0xA9FF, Outcome.PERMANENT),
-        (0xC000, Outcome.PERMANENT),
-        (0xCFFF, Outcome.PERMANENT),
-        (0x0110, Outcome.PERMANENT),
+        (0x0000, StatusMeaning.SUCCESS),
+        (0xB000, StatusMeaning.WARNING),
+        (0xB006, StatusMeaning.WARNING),
+        (0xB007, StatusMeaning.WARNING),
+        (0xA700, StatusMeaning.TRANSIENT_FAILURE),
+        (0xA711, StatusMeaning.TRANSIENT_FAILURE),
+        (0x0213, StatusMeaning.TRANSIENT_FAILURE),
+        (0x0122, StatusMeaning.PERMANENT_FAILURE),
+        (0x0124, StatusMeaning.PERMANENT_FAILURE),
+        (0xA900, StatusMeaning.PERMANENT_FAILURE),
+        (0xA9FF, StatusMeaning.PERMANENT_FAILURE),
+        (0xC000, StatusMeaning.PERMANENT_FAILURE),
+        (0xCFFF, StatusMeaning.PERMANENT_FAILURE),
+        (0x0110, StatusMeaning.PERMANENT_FAILURE),
     ],
 )
-def test_outcome_classification(code: int, expected: Outcome) -> None:
-    """Final statuses map to done/warning/transient/permanent as the retry policy needs."""
-    assert outcome(code) is expected
+def test_meaning_classification(code: int, expected: StatusMeaning) -> None:
+    """Final statuses mean success, warning, transient or permanent failure, as the retry
+    policy needs."""
+    assert meaning(code) is expected
 
 
 def test_categories() -> None:

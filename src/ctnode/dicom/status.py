@@ -76,17 +76,18 @@ class Category(StrEnum):
     FAILURE = "failure"
 
 
-class Outcome(StrEnum):
-    """What an outbound request's final status means for the job that sent it."""
+class StatusMeaning(StrEnum):
+    """What the final status of an outbound request means for the request: delivered or not,
+    and whether sending it again may help (see ``meaning``)."""
 
-    #: Delivered (success).
-    DONE = "done"
+    #: Delivered.
+    SUCCESS = "success"
     #: Delivered, with a warning the operator may want to read.
     WARNING = "warning"
     #: Not delivered; the same request may succeed later (out of resources, busy).
-    TRANSIENT = "transient"
+    TRANSIENT_FAILURE = "transient failure"
     #: Not delivered, and sending it again will not help (refused, does not match SOP class).
-    PERMANENT = "permanent"
+    PERMANENT_FAILURE = "permanent failure"
 
 
 def category(status: int) -> Category:
@@ -102,7 +103,7 @@ def category(status: int) -> Category:
     return Category.FAILURE
 
 
-def outcome(status: int) -> Outcome:
+def meaning(status: int) -> StatusMeaning:
     """Classify the final status of an outbound request for the retry policy.
 
     Transient: 0xA7xx (out of resources), 0x0213 (resource limitation), 0x0210 (duplicate
@@ -112,12 +113,12 @@ def outcome(status: int) -> Outcome:
     """
     cat = category(status)
     if cat is Category.SUCCESS:
-        return Outcome.DONE
+        return StatusMeaning.SUCCESS
     if cat is Category.WARNING:
-        return Outcome.WARNING
+        return StatusMeaning.WARNING
     if (status & 0xFF00) == 0xA700 or status in (0x0213, 0x0210, CANCEL):
-        return Outcome.TRANSIENT
-    return Outcome.PERMANENT
+        return StatusMeaning.TRANSIENT_FAILURE
+    return StatusMeaning.PERMANENT_FAILURE
 
 
 def group(status: int) -> str:

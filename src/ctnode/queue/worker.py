@@ -1,5 +1,7 @@
 """Workers: claim a job with a lease, make one attempt, report, decide what happens next.
 
+What an operation is given for an attempt and what it reports back is ``queue.attempt``.
+
 Each worker is an asyncio task. The attempt itself (blocking socket I/O) runs in a bounded
 thread pool; every database call goes through ``asyncio.to_thread``. While an attempt runs, a
 heartbeat renews the lease every third of its length and carries cancellation requests to the
@@ -19,14 +21,11 @@ import contextlib
 import os
 import secrets
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -35,7 +34,15 @@ from ctnode.config import QueueSettings
 from ctnode.db.engine import is_unavailable
 from ctnode.errors import NotFound
 from ctnode.logs import get_logger
-from ctnode.peers import Peer, PeerRegistry
+from ctnode.peers import PeerRegistry
+from ctnode.queue.attempt import (
+    Attempt,
+    AttemptResult,
+    Operation,
+    Outcome,
+    StopFlag,
+    StopReason,
+)
 from ctnode.queue.jobs import Job, JobKind, JobState
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import GiveUp, RetryPolicy, decide
@@ -44,82 +51,6 @@ log = get_logger("ctnode.queue")
 
 #: Most jobs (and followers per job) the pool keeps follow notifications for.
 MAX_WATCHERS = 256
-
-
-class Outcome(StrEnum):
-    """How an attempt ended."""
-
-    #: Everything the job had to do is done: the job succeeds.
-    DONE = "done"
-    #: A failure retrying cannot fix: the job fails.
-    PERMANENT = "permanent"
-    #: A failure that may pass: the retry policy decides.
-    TRANSIENT = "transient"
-    #: The attempt stopped early because it was asked to (cancel, shutdown, lease lost).
-    STOPPED = "stopped"
-    #: The job now waits for something outside ctnode until ``wait_seconds`` from now.
-    WAIT = "wait"
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptResult:
-    """What an operation reports after one attempt."""
-
-    outcome: Outcome
-    status: int | None = None
-    error: str | None = None
-    result: dict[str, Any] | None = None
-    wait_seconds: float = 0.0
-    message: str | None = None
-
-
-class StopReason(StrEnum):
-    """Why an attempt was asked to stop."""
-
-    CANCELLED = "cancelled"
-    SHUTDOWN = "shutdown"
-    LEASE_LOST = "lease lost"
-
-
-class StopFlag:
-    """Set from the event loop, read by the operation's thread between items."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.reason: StopReason | None = None
-
-    def set(self, reason: StopReason) -> None:
-        """Ask the attempt to stop at the next boundary (the first reason wins)."""
-        if self.reason is None:
-            self.reason = reason
-        self._event.set()
-
-    def __bool__(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep up to *timeout* seconds unless stopped; True if stopped."""
-        return self._event.wait(timeout)
-
-
-@dataclass
-class Attempt:
-    """Everything an operation needs for one attempt."""
-
-    job: Job
-    peer: Peer
-    owner: str
-    repo: JobRepository
-    stop: StopFlag
-    log: Any
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-class Operation(Protocol):
-    """One kind of job (push, query, move, commit)."""
-
-    def run(self, attempt: Attempt) -> AttemptResult:
-        """Make one attempt (blocking; runs in a worker thread)."""
 
 
 def _run_with_context(operation: Operation, attempt: Attempt) -> AttemptResult:

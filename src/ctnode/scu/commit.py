@@ -48,13 +48,13 @@ from ctnode.dicom.contexts import (
     STORAGE_COMMITMENT_PUSH,
     STORAGE_COMMITMENT_PUSH_INSTANCE,
 )
-from ctnode.errors import AssociationAborted, AssociationRejected, PeerUnreachable, UsageError
+from ctnode.errors import AssociationAborted, TransientError, UsageError
 from ctnode.peers import Peer
+from ctnode.queue.attempt import Attempt, AttemptResult, Outcome, outcome_of, outcome_of_status
 from ctnode.queue.commitment import CommitmentRepository, Transaction, TransactionState
 from ctnode.queue.jobs import ItemOutcome, ItemRow, ItemState, Job, JobKind, NewItem
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import RetryPolicy
-from ctnode.queue.worker import Attempt, AttemptResult, Outcome
 from ctnode.scu.association import params_for
 from ctnode.scu.push import PushOperation
 from ctnode.ul.dimse import N_ACTION_RQ, N_EVENT_REPORT_RQ, Command, response_fields
@@ -251,7 +251,7 @@ class CommitOperation:
             payload={**job.payload, "round": round_},
         ):
             return AttemptResult(Outcome.STOPPED, error="lease lost")
-        attempt.job = _with_payload(job, {**job.payload, "round": round_})
+        attempt = replace(attempt, job=replace(job, payload={**job.payload, "round": round_}))
         refs = [SopReference(str(i.sop_class_uid), str(i.sop_instance_uid)) for i in to_request]
         failure = self._request(attempt, uid, refs)
         if failure is not None:
@@ -357,19 +357,14 @@ class CommitOperation:
                         Outcome.TRANSIENT,
                         error=f"{assoc.peer_label} sent an N-ACTION-RSP without Status",
                     )
-                verdict = st.outcome(code)
-                if verdict in (st.Outcome.DONE, st.Outcome.WARNING):
+                outcome = outcome_of_status(st.meaning(code))
+                if outcome is Outcome.DONE:
                     self._linger(attempt, assoc, reported)
                     return None
                 error = f"{assoc.peer_label} refused the commitment request: {st.describe(code)}"
-                kind = Outcome.TRANSIENT if verdict is st.Outcome.TRANSIENT else Outcome.PERMANENT
-                return AttemptResult(kind, status=code, error=error)
-        except AssociationRejected as exc:
-            return AttemptResult(
-                Outcome.TRANSIENT if exc.transient else Outcome.PERMANENT, error=str(exc)
-            )
-        except (PeerUnreachable, AssociationAborted) as exc:
-            return AttemptResult(Outcome.TRANSIENT, error=str(exc))
+                return AttemptResult(outcome, status=code, error=error)
+        except TransientError as exc:  # unreachable, rejected, aborted
+            return outcome_of(exc)
 
     @staticmethod
     def _linger(attempt: Attempt, assoc: Requestor, reported: list[bool]) -> None:
@@ -415,10 +410,6 @@ class CommitOperation:
                 cmd, cmd.field | 0x8000, result.status, EventTypeID=cmd.get("EventTypeID")
             )
         )
-
-
-def _with_payload(job: Job, payload: dict[str, Any]) -> Job:
-    return replace(job, payload=payload)
 
 
 # ------------------------------------------------------------------ submitting

@@ -44,18 +44,19 @@ from ctnode.config import NodeSettings
 from ctnode.dicom import status as st
 from ctnode.dicom.contexts import BASIC_SYNTAXES, STUDY_ROOT_FIND, STUDY_ROOT_MOVE
 from ctnode.dicom.uids import ae_title_problem, is_valid_uid
-from ctnode.errors import (
-    AssociationAborted,
-    AssociationRejected,
-    PeerUnreachable,
-    PermanentError,
-    UsageError,
-)
+from ctnode.errors import AssociationAborted, PermanentError, TransientError, UsageError
 from ctnode.index import present_instances
 from ctnode.logs import get_logger
 from ctnode.moves import Arrival, MoveRegistry, MoveTracker
+from ctnode.queue.attempt import (
+    Attempt,
+    AttemptResult,
+    Outcome,
+    StopFlag,
+    StopReason,
+    outcome_of,
+)
 from ctnode.queue.jobs import ItemState, ItemUpsert
-from ctnode.queue.worker import Attempt, AttemptResult, Outcome, StopFlag, StopReason
 from ctnode.scu.association import params_for
 from ctnode.scu.query import c_find, decode_identifier, encode_identifier
 from ctnode.ul.dimse import C_CANCEL_RQ, C_MOVE_RQ, Command
@@ -636,19 +637,9 @@ class _MoveAttempt:
                     )
                     if outcome is not Outcome.DONE:
                         break
-        except AssociationRejected as exc:
+        except (TransientError, PermanentError) as exc:
             self.flush()
-            return AttemptResult(
-                Outcome.TRANSIENT if exc.transient else Outcome.PERMANENT,
-                error=str(exc),
-                result=self.result(None),
-            )
-        except (PeerUnreachable, AssociationAborted) as exc:
-            self.flush()
-            return AttemptResult(Outcome.TRANSIENT, error=str(exc), result=self.result(None))
-        except PermanentError as exc:
-            self.flush()
-            return AttemptResult(Outcome.PERMANENT, error=str(exc), result=self.result(None))
+            return outcome_of(exc, result=self.result(None))
         return self.conclude(finals)
 
     def move_one(self, assoc: Requestor, sub: MoveRequest) -> MoveFinal:

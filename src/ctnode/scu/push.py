@@ -25,9 +25,9 @@ from ctnode.dicom.contexts import (
     UNCOMPRESSED_SYNTAXES,
 )
 from ctnode.dicom.filemeta import read_meta_length
-from ctnode.errors import AssociationAborted, AssociationRejected, PeerUnreachable
+from ctnode.errors import TransientError
+from ctnode.queue.attempt import Attempt, AttemptResult, Outcome, outcome_of
 from ctnode.queue.jobs import ItemOutcome, ItemRow, ItemState
-from ctnode.queue.worker import Attempt, AttemptResult, Outcome
 from ctnode.scu.association import params_for
 from ctnode.scu.files import Skipped, collect_files, probe_file
 from ctnode.ul.dimse import C_STORE_RQ
@@ -266,14 +266,12 @@ class PushOperation:
                     failure = self._send_one(attempt, assoc, item, offset, size, batch)
                     if failure is not None:
                         return failure
-        except AssociationRejected as exc:
-            if exc.transient:
-                return AttemptResult(Outcome.TRANSIENT, error=str(exc))
-            for item, _, _ in group:
-                batch.add(ItemOutcome(item.id, ItemState.FAILED, error=str(exc)))
-            return AttemptResult(Outcome.PERMANENT, error=str(exc))
-        except (PeerUnreachable, AssociationAborted) as exc:
-            return AttemptResult(Outcome.TRANSIENT, error=str(exc))
+        except TransientError as exc:  # unreachable, rejected, aborted
+            failure = outcome_of(exc)
+            if failure.outcome is Outcome.PERMANENT:  # rejected for good: so is every item
+                for item, _, _ in group:
+                    batch.add(ItemOutcome(item.id, ItemState.FAILED, error=failure.error))
+            return failure
         return None
 
     def _send_one(
@@ -337,12 +335,12 @@ class PushOperation:
         if self.observer is not None:
             sent = size if isinstance(dataset, FileSegment) else len(dataset)
             self.observer.instance_sent(attempt.peer.name, sent, code)
-        verdict = st.outcome(code)
-        if verdict is st.Outcome.DONE:
+        meaning = st.meaning(code)
+        if meaning is st.StatusMeaning.SUCCESS:
             batch.add(ItemOutcome(item.id, ItemState.SUCCEEDED, status=code))
-        elif verdict is st.Outcome.WARNING:
+        elif meaning is st.StatusMeaning.WARNING:
             batch.add(ItemOutcome(item.id, ItemState.WARNING, status=code))
-        elif verdict is st.Outcome.PERMANENT:
+        elif meaning is st.StatusMeaning.PERMANENT_FAILURE:
             batch.add(
                 ItemOutcome(
                     item.id,

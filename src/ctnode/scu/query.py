@@ -35,14 +35,15 @@ from ctnode.config import NodeSettings
 from ctnode.dicom import status as st
 from ctnode.dicom.contexts import BASIC_SYNTAXES, IMPLICIT_VR_LE, STUDY_ROOT_FIND
 from ctnode.dicom.uids import is_valid_uid
-from ctnode.errors import (
-    AssociationAborted,
-    AssociationRejected,
-    PeerUnreachable,
-    PermanentError,
-    UsageError,
+from ctnode.errors import AssociationAborted, PermanentError, TransientError, UsageError
+from ctnode.queue.attempt import (
+    Attempt,
+    AttemptResult,
+    Outcome,
+    StopFlag,
+    outcome_of,
+    outcome_of_status,
 )
-from ctnode.queue.worker import Attempt, AttemptResult, Outcome, StopFlag
 from ctnode.scu.association import params_for
 from ctnode.ul.dimse import C_CANCEL_RQ, C_FIND_RQ
 from ctnode.ul.requestor import ContextRequest, Requestor
@@ -342,11 +343,11 @@ def table(
 # ------------------------------------------------------------------ outcome (pure)
 
 
-def find_outcome(code: int, *, cancelled_by_us: bool) -> st.Outcome:
-    """What a C-FIND's final status means: a cancel we asked for (limit reached) is done."""
+def find_meaning(code: int, *, cancelled_by_us: bool) -> st.StatusMeaning:
+    """What a C-FIND's final status means: a cancel we asked for (limit reached) is success."""
     if cancelled_by_us and code in (st.SUCCESS, st.CANCEL):
-        return st.Outcome.DONE
-    return st.outcome(code)
+        return st.StatusMeaning.SUCCESS
+    return st.meaning(code)
 
 
 # ------------------------------------------------------------------ the exchange
@@ -480,14 +481,8 @@ class QueryOperation:
         try:
             with Requestor(params_for(peer, self.node, FIND_CONTEXTS)) as assoc:
                 found = c_find(assoc, identifier, limit=limit, stop=attempt.stop)
-        except AssociationRejected as exc:
-            return AttemptResult(
-                Outcome.TRANSIENT if exc.transient else Outcome.PERMANENT, error=str(exc)
-            )
-        except (PeerUnreachable, AssociationAborted) as exc:
-            return AttemptResult(Outcome.TRANSIENT, error=str(exc))
-        except PermanentError as exc:
-            return AttemptResult(Outcome.PERMANENT, error=str(exc))
+        except (TransientError, PermanentError) as exc:
+            return outcome_of(exc)
         log_fields = {
             "qr_level": level,
             # keywords only: values (patient names, IDs) never go to the log
@@ -501,23 +496,24 @@ class QueryOperation:
             attempt.log.info("query.stopped", **log_fields)
             return AttemptResult(Outcome.STOPPED)
         code = found.status
-        verdict = (
-            st.Outcome.DONE if code is None else find_outcome(code, cancelled_by_us=found.cancelled)
+        outcome = (
+            Outcome.DONE
+            if code is None
+            else outcome_of_status(find_meaning(code, cancelled_by_us=found.cancelled))
         )
-        if verdict in (st.Outcome.TRANSIENT, st.Outcome.PERMANENT):
+        if outcome is not Outcome.DONE:
             assert code is not None
             message = f"{peer.name!r} answered C-FIND with {st.describe(code)}"
             if found.error_comment:
                 message += f": {found.error_comment}"
             missing = missing_upper_keys(level, keys)
-            if missing and verdict is st.Outcome.PERMANENT:
+            if missing and outcome is Outcome.PERMANENT:
                 message += (
                     f" (a {level}-level query may need "
                     + " and ".join(f"-k {kw}=UID" for kw in missing)
                     + ")"
                 )
             attempt.log.warning("query.failed", **log_fields)
-            outcome = Outcome.TRANSIENT if verdict is st.Outcome.TRANSIENT else Outcome.PERMANENT
             return AttemptResult(outcome, status=code, error=message)
         attempt.log.info("query.finished", **log_fields)
         matches = [to_dicom_json(ds) for ds in found.matches[:limit]]
