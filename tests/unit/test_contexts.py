@@ -55,11 +55,32 @@ def test_services_outside_the_peer_accept_list_are_user_rejected() -> None:
     assert [d.result for d in decisions] == [0, 1]
 
 
-def test_commitment_scp_role_is_accepted_for_reports() -> None:
-    """A PACS proposing the SCP role for Storage Commitment (to send the report) gets it."""
+def test_commitment_roles_are_accepted_as_proposed() -> None:
+    """A PACS proposing the SCP role for Storage Commitment (to send the report) gets it, and
+    a scanner proposing the SCU role (to send the N-ACTION) too; the peer's ``accept`` list
+    narrows them in ``ul.negotiation``."""
     assert negotiate_role(STORAGE_COMMITMENT_PUSH, False, True) == (False, True)
-    assert negotiate_role(STORAGE_COMMITMENT_PUSH, True, True) == (False, True)
-    assert negotiate_role(STORAGE_COMMITMENT_PUSH, True, False) == (False, False)
+    assert negotiate_role(STORAGE_COMMITMENT_PUSH, True, True) == (True, True)
+    assert negotiate_role(STORAGE_COMMITMENT_PUSH, True, False) == (True, False)
+
+
+def test_commitment_context_service_follows_the_proposed_role() -> None:
+    """Requestor as SCP sends reports (commitment_report); as SCU it sends N-ACTION (commit);
+    without a role item the service the peer may use is chosen; a peer allowed neither gets
+    the context rejected (result 1)."""
+    ctx = [ProposedContext(1, STORAGE_COMMITMENT_PUSH, (IMPLICIT_VR_LE,))]
+    both = frozenset({Service.COMMIT, Service.COMMITMENT_REPORT})
+    scp = negotiate(ctx, both, {STORAGE_COMMITMENT_PUSH: (False, True)})[0]
+    assert scp.result == 0 and scp.service is Service.COMMITMENT_REPORT
+    scu = negotiate(ctx, both, {STORAGE_COMMITMENT_PUSH: (True, False)})[0]
+    assert scu.result == 0 and scu.service is Service.COMMIT
+    default = negotiate(ctx, frozenset({Service.COMMIT}))[0]
+    assert default.result == 0 and default.service is Service.COMMIT
+    reports = negotiate(ctx, frozenset({Service.COMMITMENT_REPORT}))[0]
+    assert reports.result == 0 and reports.service is Service.COMMITMENT_REPORT
+    refused = negotiate(ctx, frozenset({Service.COMMIT}), {STORAGE_COMMITMENT_PUSH: (False, True)})
+    assert refused[0].result == 1
+    assert negotiate(ctx, frozenset({Service.STORE}))[0].result == 1
 
 
 def test_other_classes_keep_the_default_roles() -> None:

@@ -7,7 +7,7 @@ is set membership, never a copy of context objects.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -107,7 +107,10 @@ class Service(StrEnum):
 
     ECHO = "echo"
     STORE = "store"
+    #: Storage Commitment Push Model, peer as SCP: it sends us N-EVENT-REPORTs (reports).
     COMMITMENT_REPORT = "commitment_report"
+    #: Storage Commitment Push Model, peer as SCU: it sends us N-ACTIONs (ctnode commits).
+    COMMIT = "commit"
 
 
 def service_for(abstract_syntax: str) -> Service | None:
@@ -154,18 +157,47 @@ class ContextDecision:
 ACCEPTANCE, USER_REJECTION, NO_REASON, ABSTRACT_SYNTAX_NOT_SUPPORTED, TS_NOT_SUPPORTED = range(5)
 
 
+def commitment_service(
+    role: tuple[bool, bool] | None, allowed: frozenset[Service] | None
+) -> Service:
+    """What a Storage Commitment Push Model context is for, from the requestor's proposed
+    (SCU, SCP) role: as SCU it sends N-ACTION (``commit``), as SCP N-EVENT-REPORT
+    (``commitment_report``). Without a role item (PS3.7 D.3.3.4: the default roles) either is
+    possible — many PACS send reports so — and the one the peer may use is chosen
+    (``commitment_report`` when it may use both: the handler still tells them apart by command)."""
+    if role is not None:
+        scu, scp = role
+        if scp and not scu:
+            return Service.COMMITMENT_REPORT
+        if scu and not scp:
+            return Service.COMMIT
+    if (
+        allowed is not None
+        and Service.COMMITMENT_REPORT not in allowed
+        and Service.COMMIT in allowed
+    ):
+        return Service.COMMIT
+    return Service.COMMITMENT_REPORT
+
+
 def negotiate(
-    proposed: Iterable[ProposedContext], allowed: frozenset[Service] | None
+    proposed: Iterable[ProposedContext],
+    allowed: frozenset[Service] | None,
+    roles: Mapping[str, tuple[bool, bool]] | None = None,
 ) -> list[ContextDecision]:
     """Decide every proposed context.
 
     *allowed* is what the calling peer may do (None = anything ctnode offers). A context for a
     service the peer may not use is rejected with result 1 (user rejection); an unknown abstract
-    syntax with 3; no acceptable transfer syntax with 4.
+    syntax with 3; no acceptable transfer syntax with 4. *roles* are the requestor's proposed
+    (SCU, SCP) roles by SOP class: they say what a storage commitment context is for
+    (``commitment_service``).
     """
     decisions: list[ContextDecision] = []
     for ctx in proposed:
         service = service_for(ctx.abstract_syntax)
+        if service is Service.COMMITMENT_REPORT:
+            service = commitment_service((roles or {}).get(ctx.abstract_syntax), allowed)
         if service is None:
             decisions.append(
                 ContextDecision(
@@ -204,8 +236,10 @@ def negotiate_role(abstract_syntax: str, scu_role: bool, scp_role: bool) -> tupl
 
     ctnode, as acceptor, accepts the requestor acting as SCU for everything it offers, and as
     SCP only for Storage Commitment Push Model: that is how a PACS sends the N-EVENT-REPORT on a
-    new association. A role can only be accepted if the requestor proposed it.
+    new association (as SCU there, a scanner sends the N-ACTION; which of the two a peer may use
+    is its ``accept`` list's business, see ``ul.negotiation.decide_contexts``). A role can only
+    be accepted if the requestor proposed it.
     """
     if abstract_syntax == STORAGE_COMMITMENT_PUSH:
-        return False, scp_role
+        return scu_role, scp_role
     return scu_role, False

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctnode.dicom.contexts import (
+    STORAGE_COMMITMENT_PUSH,
     USER_REJECTION,
     ContextDecision,
     ProposedContext,
@@ -155,8 +156,10 @@ def decide_contexts(
     proposed = [
         ProposedContext(c.context_id, c.abstract_syntax, c.transfer_syntaxes) for c in rq.contexts
     ]
-    decisions = negotiate(proposed, allowed)
     roles_in = {r.sop_class_uid: r for r in rq.user.roles}
+    decisions = negotiate(
+        proposed, allowed, {uid: (r.scu_role, r.scp_role) for uid, r in roles_in.items()}
+    )
     roles_out: list[P.RoleSelection] = []
     answered: set[str] = set()
     final: list[ContextDecision] = []
@@ -165,6 +168,10 @@ def decide_contexts(
         answer = decision
         if role is not None and decision.accepted:
             scu, scp = negotiate_role(decision.abstract_syntax, role.scu_role, role.scp_role)
+            if allowed is not None and decision.abstract_syntax == STORAGE_COMMITMENT_PUSH:
+                # SCU: it sends N-ACTION (``commit``); SCP: N-EVENT-REPORT (``commitment_report``).
+                scu = scu and Service.COMMIT in allowed
+                scp = scp and Service.COMMITMENT_REPORT in allowed
             if not scu and not scp:
                 answer = ContextDecision(
                     decision.context_id,
