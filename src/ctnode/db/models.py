@@ -191,3 +191,50 @@ class InstanceCommitment(Base):
     committed_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (UniqueConstraint("sop_instance_uid", "peer"),)
+
+
+class IncomingCommitment(Base):
+    """A storage commitment request a peer sent us (N-ACTION; ctnode as SCP) and its report.
+    Written only by ``commitment_scp.transactions``."""
+
+    __tablename__ = "incoming_commitments"
+
+    transaction_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The requesting peer (its file's name), its AE title and address when it asked.
+    peer: Mapped[str] = mapped_column(String(64), index=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    peer_address: Mapped[str] = mapped_column(String(64))
+    #: local or upstream (``commitment_scp.mode`` when the request came), and the upstream peers.
+    mode: Mapped[str] = mapped_column(String(16))
+    upstream: Mapped[list[str]] = mapped_column(JSON)
+    #: pending (report not yet answered by the peer), reported, failed (gave up sending it)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Upstream mode: when what is not committed by then is reported as failed.
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: 1 all committed, 2 failures exist (once decided).
+    event_type: Mapped[int | None] = mapped_column(Integer)
+    #: The job that sends the report on a new association.
+    report_job_id: Mapped[int | None] = mapped_column(Integer)
+    report_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class IncomingCommitmentItem(Base):
+    """One instance of an incoming commitment request, with ctnode's answer for it."""
+
+    __tablename__ = "incoming_commitment_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transaction_uid: Mapped[str] = mapped_column(
+        ForeignKey("incoming_commitments.transaction_uid", ondelete="CASCADE"), index=True
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    #: pending, committed, failed
+    state: Mapped[str] = mapped_column(String(16))
+    #: PS3.4 J.3.3 Failure Reason when failed (0x0110, 0x0112, 0x0119, ...).
+    failure_reason: Mapped[int | None] = mapped_column(Integer)
