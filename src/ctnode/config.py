@@ -202,6 +202,23 @@ class QueueSettings(_Model):
     retry: RetrySettings = RetrySettings()
 
 
+class CommitmentScpSettings(_Model):
+    """Storage commitment requests peers send us (ctnode as Storage Commitment SCP)."""
+
+    #: local: committed once durable in ctnode's store and index; upstream: once every peer in
+    #: ``upstream`` has committed it too (ctnode pushes and asks them itself).
+    mode: Literal["local", "upstream"] = "local"
+    #: Peers that must commit an instance before ctnode reports it committed (upstream mode).
+    upstream: tuple[str, ...] = ()
+    #: Upstream mode: after this many seconds, what is not committed is reported failed (0x0110).
+    report_within: Seconds = 3600
+
+    @field_validator("upstream")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(value))
+
+
 class MetricsSettings(_Model):
     """Prometheus ``/metrics`` and ``/healthz`` ``/readyz``."""
 
@@ -228,6 +245,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     queue: QueueSettings = QueueSettings()
     metrics: MetricsSettings = MetricsSettings()
+    commitment_scp: CommitmentScpSettings = CommitmentScpSettings()
 
     _source_file: Path | None = PrivateAttr(default=None)
 

@@ -179,6 +179,80 @@ def parse_report(data: bytes, transfer_syntax: str, event_type: object) -> Commi
     )
 
 
+class ActionError(ValueError):
+    """An N-ACTION data set that cannot be used; *status* is the N-ACTION-RSP failure to answer
+    (0x0110 undecodable, 0x0115 invalid argument value)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentAction:
+    """A decoded N-ACTION Action Information: the Transaction UID and what to commit."""
+
+    transaction_uid: str
+    references: tuple[SopReference, ...]
+
+
+#: Most instances ctnode accepts in one commitment request (a study has a few thousand).
+MAX_ACTION_REFERENCES = 100_000
+INVALID_ARGUMENT_VALUE = 0x0115
+
+
+def parse_action(data: bytes, transfer_syntax: str) -> CommitmentAction:
+    """Decode an N-ACTION-RQ data set (PS3.4 J.3.2.1.1); ActionError says what is wrong.
+
+    Every item of the Referenced SOP Sequence needs a valid Referenced SOP Class and Instance
+    UID; the sequence must not be empty; the Transaction UID must be a valid UID.
+    """
+    from pydicom.filereader import read_dataset
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = read_dataset(
+                BytesIO(data),
+                is_implicit_VR=transfer_syntax == IMPLICIT_VR_LE,
+                is_little_endian=True,
+            )
+            transaction_uid = _text(ds, "TransactionUID")
+            sequence = ds.get("ReferencedSOPSequence")
+            items = list(sequence) if sequence is not None else None
+            references = []
+            for number, item in enumerate(items or [], start=1):
+                ref = SopReference(
+                    _text(item, "ReferencedSOPClassUID"), _text(item, "ReferencedSOPInstanceUID")
+                )
+                if not is_valid_uid(ref.sop_class_uid) or not is_valid_uid(ref.sop_instance_uid):
+                    raise ActionError(
+                        f"Referenced SOP Sequence item {number} lacks a valid Referenced SOP "
+                        "Class UID or Referenced SOP Instance UID",
+                        INVALID_ARGUMENT_VALUE,
+                    )
+                references.append(ref)
+    except ActionError:
+        raise
+    except Exception as exc:  # pydicom raises many kinds on malformed input
+        raise ActionError(f"undecodable action information: {exc}", 0x0110) from exc
+    if not is_valid_uid(transaction_uid):
+        raise ActionError(
+            "the action information has no valid Transaction UID", INVALID_ARGUMENT_VALUE
+        )
+    if not references:
+        raise ActionError(
+            "the action information has no (or an empty) Referenced SOP Sequence",
+            INVALID_ARGUMENT_VALUE,
+        )
+    if len(references) > MAX_ACTION_REFERENCES:
+        raise ActionError(
+            f"{len(references)} instances in one request; at most {MAX_ACTION_REFERENCES}",
+            0x0213,
+        )
+    return CommitmentAction(transaction_uid, tuple(dict.fromkeys(references)))
+
+
 @dataclass(frozen=True, slots=True)
 class Sender:
     """Who sent a report: the configured peer it was matched to (None: nobody), its AE title
