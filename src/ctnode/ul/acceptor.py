@@ -25,10 +25,19 @@ from typing import Any, Protocol
 
 from ctnode.dicom.contexts import ACCEPTANCE
 from ctnode.ul import pdu as P
-from ctnode.ul.dimse import C_STORE_RQ, NO_DATASET, Command, CommandError, encode_command
+from ctnode.ul.dimse import (
+    C_CANCEL_RQ,
+    C_STORE_RQ,
+    NO_DATASET,
+    Command,
+    CommandError,
+    encode_command,
+)
 from ctnode.ul.limits import MAX_SMALL_DATASET
 from ctnode.ul.negotiation import Accept, AcceptedContext, Reject, agree, screen
-from ctnode.ul.reassembly import REQUESTS_WITHOUT_DATASET, FragmentError, Reassembly
+from ctnode.ul.pdata import FileSegment, PDataWriter
+from ctnode.ul.peer_requests import PeerGone, PeerRequests, ResponseSink
+from ctnode.ul.reassembly import REQUESTS_WITHOUT_DATASET, FragmentError, Message, Reassembly
 from ctnode.ul.transport import (
     PduReader,
     PeerClosed,
@@ -57,6 +66,8 @@ class AssociationInfo:
     #: True once the A-ASSOCIATE-AC was sent.
     established: bool = False
     counters: dict[str, int] = field(default_factory=dict)
+    #: Requests of ours on this association and the peer's C-CANCELs (``ul.peer_requests``).
+    requests: PeerRequests | None = None
 
     def count(self, key: str, amount: int = 1) -> None:
         """Add to a per-association counter (logged when the association ends)."""
@@ -157,10 +168,15 @@ class _Acceptor:
         self.info = info
         self.app = app
         self.limits = limits
-        self.stopping = stopping
+        self._stopping = stopping
         self.reader = PduReader(sock, limits.max_pdu_length, limits.network_timeout)
         self.sink: DatasetSink | None = None
         self.messages = Reassembly()
+        self.writer = PDataWriter()
+        self.requests = PeerRequests(self, limits.dimse_timeout)
+        info.requests = self.requests
+        #: True once the association is over (released or aborted by the peer).
+        self.ended = False
 
     # -- sending ---------------------------------------------------------------------
 
@@ -176,6 +192,24 @@ class _Acceptor:
         self._send_fragments(context_id, command, True, max_fragment)
         if dataset is not None:
             self._send_fragments(context_id, dataset, False, max_fragment)
+
+    def send_dimse(
+        self, context_id: int, command: bytes, dataset: bytes | memoryview | FileSegment | None
+    ) -> None:
+        """``ul.peer_requests.Link``: send a message (a file segment streamed, odd data padded)."""
+        max_fragment = P.pdv_capacity(self.info.peer_max_pdu)
+        self.writer.write(
+            self.sock, context_id, command, dataset, max_fragment, self.limits.network_timeout
+        )
+
+    def read_next(self, timeout: float) -> None:
+        """``ul.peer_requests.Link``: one PDU, processed as in the read loop (a handler waits)."""
+        if self.step(timeout):
+            raise PeerGone(self.info.detail or f"association {self.info.result}")
+
+    def has_input(self) -> bool:
+        """``ul.peer_requests.Link``: a PDU has started to arrive."""
+        return self.reader.has_input()
 
     def _send_fragments(self, context_id: int, data: bytes, command: bool, size: int) -> None:
         view = memoryview(data)
@@ -232,64 +266,94 @@ class _Acceptor:
     # -- data transfer ----------------------------------------------------------------
 
     def run(self) -> None:
-        messages = self.messages
-        while True:
+        while not self.ended:
             # Between messages a peer may be silent for network_timeout; while a data set is
             # coming, for dimse_timeout but never longer than network_timeout.
             idle = self.limits.network_timeout
-            if messages.expecting_dataset:
+            if self.messages.expecting_dataset:
                 idle = min(self.limits.dimse_timeout, idle)
-            pdu_type, body = self.reader.read_pdu(first_timeout=idle)
-            if pdu_type == P.P_DATA_TF:
-                for context_id, control, data in P.iter_pdvs(body):
-                    ctx = self.info.contexts.get(context_id)
-                    if ctx is None:
+            self.step(idle)
+
+    def stopping(self) -> bool:
+        """``ul.peer_requests.Link``: the node is shutting down."""
+        return self._stopping()
+
+    def step(self, idle: float) -> bool:
+        """Read one PDU (waiting up to *idle* for it to start) and process it; True once the
+        association is over. Re-entered by a handler waiting for a response (``read_next``)."""
+        messages = self.messages
+        pdu_type, body = self.reader.read_pdu(first_timeout=idle)
+        if pdu_type == P.P_DATA_TF:
+            pdvs = list(P.iter_pdvs(body))
+            for index, (context_id, control, data) in enumerate(pdvs):
+                ctx = self.info.contexts.get(context_id)
+                if ctx is None:
+                    raise AbortAssociation(
+                        f"PDV on presentation context {context_id}, which was not accepted",
+                        reason=P.ABORT_INVALID_PARAMETER,
+                    )
+                if control & 1:
+                    try:
+                        cmd = messages.command_fragment(context_id, data, bool(control & 2))
+                    except CommandError as exc:
                         raise AbortAssociation(
-                            f"PDV on presentation context {context_id}, which was not accepted",
-                            reason=P.ABORT_INVALID_PARAMETER,
-                        )
-                    if control & 1:
-                        try:
-                            cmd = messages.command_fragment(context_id, data, bool(control & 2))
-                        except CommandError as exc:
-                            raise AbortAssociation(
-                                f"undecodable command set: {exc}", reason=P.ABORT_INVALID_PARAMETER
-                            ) from exc
-                        if cmd is not None:
-                            self._command(ctx, cmd)
-                    else:
-                        messages.dataset_fragment(context_id, len(data), bool(control & 2))
-                        sink = self.sink
-                        assert sink is not None  # set whenever a data set is expected
-                        sink.write(data)
-                        if control & 2:
-                            self.sink = None
-                            reply = sink.complete()
-                            if reply is not None:
-                                self._answer(context_id, reply)
-            elif pdu_type == P.A_RELEASE_RQ:
-                if not messages.idle:
-                    self.info.detail = "released with a message incomplete"
-                    self._drop_sink()
-                self._send(P.encode_release_rp())
-                self.info.result = "released"
-                return
-            elif pdu_type == P.A_ABORT:
-                abort = P.decode_abort(bytes(body))
-                self.info.result = "aborted"
-                self.info.detail = (
-                    f"peer sent A-ABORT (source {abort.source}, reason {abort.reason})"
-                )
+                            f"undecodable command set: {exc}", reason=P.ABORT_INVALID_PARAMETER
+                        ) from exc
+                    if cmd is not None:
+                        self._command(ctx, cmd)
+                else:
+                    messages.dataset_fragment(context_id, len(data), bool(control & 2))
+                    sink = self.sink
+                    assert sink is not None  # set whenever a data set is expected
+                    sink.write(data)
+                    if control & 2:
+                        self.sink = None
+                        # The handler may read further PDUs (``read_next``), which reuses
+                        # the reader's buffer: keep what is left of this one.
+                        for later in range(index + 1, len(pdvs)):
+                            ctx_id, ctl, rest = pdvs[later]
+                            pdvs[later] = (ctx_id, ctl, memoryview(bytes(rest)))
+                        reply = sink.complete()
+                        if reply is not None:
+                            self._answer(context_id, reply)
+            return False
+        if pdu_type == P.A_RELEASE_RQ:
+            if not messages.idle:
+                self.info.detail = "released with a message incomplete"
                 self._drop_sink()
-                return
-            else:
-                raise AbortAssociation(
-                    f"unexpected PDU type 0x{pdu_type:02X} during data transfer",
-                    reason=P.ABORT_UNEXPECTED_PDU,
-                )
+            self._send(P.encode_release_rp())
+            self.info.result = "released"
+            self.ended = True
+            return True
+        if pdu_type == P.A_ABORT:
+            abort = P.decode_abort(bytes(body))
+            self.info.result = "aborted"
+            self.info.detail = f"peer sent A-ABORT (source {abort.source}, reason {abort.reason})"
+            self._drop_sink()
+            self.ended = True
+            return True
+        raise AbortAssociation(
+            f"unexpected PDU type 0x{pdu_type:02X} during data transfer",
+            reason=P.ABORT_UNEXPECTED_PDU,
+        )
 
     def _command(self, ctx: AcceptedContext, cmd: Command) -> None:
-        """A complete command: answer it, or, if it announces a data set, get a sink for it."""
+        """A complete command: answer it, or, if it announces a data set, get a sink for it.
+        A response to a request of ours goes to ``requests``; a C-CANCEL-RQ is noted there."""
+        field_value = cmd.field
+        if field_value & 0x8000:
+            responded_to = cmd.get("MessageIDBeingRespondedTo")
+            if isinstance(responded_to, int) and self.requests.awaits(responded_to):
+                if cmd.has_dataset:
+                    self.sink = ResponseSink(self.requests, ctx.context_id, cmd)
+                    self.messages.expect_dataset(ctx.context_id, MAX_SMALL_DATASET)
+                else:
+                    self.requests.deliver(Message(ctx.context_id, cmd, None))
+                return
+        elif field_value == C_CANCEL_RQ:
+            cancelled = cmd.get("MessageIDBeingRespondedTo")
+            if isinstance(cancelled, int):
+                self.requests.note_cancel(cancelled)
         if cmd.has_dataset:
             if cmd.field in REQUESTS_WITHOUT_DATASET:
                 raise AbortAssociation(
@@ -339,6 +403,8 @@ def serve_association(
             acceptor.run()
     except AbortAssociation as exc:
         acceptor.abort(str(exc), exc.source, exc.reason)
+    except PeerGone:
+        acceptor._drop_sink()
     except FragmentError as exc:
         acceptor.abort(str(exc), P.ABORT_SOURCE_PROVIDER, exc.reason)
     except P.PDUError as exc:

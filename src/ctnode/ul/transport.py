@@ -8,7 +8,9 @@ arrive within the read deadline (a client trickling one byte a minute is dropped
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
+import ssl
 import time
 
 from ctnode.ul import pdu as P
@@ -84,6 +86,15 @@ class PduReader:
             if n == 0:
                 raise PeerClosed("peer closed the connection")
             self._end += n
+
+    def has_input(self) -> bool:
+        """True if bytes of a PDU are buffered or readable now (never waits, consumes nothing)."""
+        if self._end > self._start:
+            return True
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return bool(readable)
 
     def wait_readable(self, timeout: float) -> bool:
         """True once a PDU has started to arrive (buffered), False after *timeout* seconds of
