@@ -89,6 +89,9 @@ class PeerConfig(BaseModel):
     commit_linger: Annotated[float, Field(ge=0, le=300)] = 1.0
     tls: PeerTls = PeerTls()
     query: QueryQuirks = QueryQuirks()
+    #: With ``accept: [move]``: the peers (by name or AE title) this peer may C-MOVE to; empty:
+    #: any configured peer.
+    move_destinations: tuple[str, ...] = ()
 
     _ae = field_validator("ae_title")(check_ae_title)
 

@@ -84,5 +84,8 @@ def test_commitment_context_service_follows_the_proposed_role() -> None:
 
 
 def test_other_classes_keep_the_default_roles() -> None:
-    """For storage, the requestor may be SCU; ctnode never accepts being its SCU."""
-    assert negotiate_role(CT_IMAGE, True, True) == (True, False)
+    """For storage, the requestor may be SCU, or SCP (it receives C-GET sub-operations; the
+    peer's ``accept`` list narrows it); for the other classes ctnode never accepts being its
+    SCU."""
+    assert negotiate_role(CT_IMAGE, True, True) == (True, True)
+    assert negotiate_role(VERIFICATION, True, True) == (True, False)

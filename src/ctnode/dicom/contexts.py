@@ -16,6 +16,14 @@ STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
 STORAGE_COMMITMENT_PUSH_INSTANCE = "1.2.840.10008.1.20.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+#: Query/Retrieve information models ctnode answers as SCP, by service.
+QR_FIND_CLASSES = frozenset({STUDY_ROOT_FIND, PATIENT_ROOT_FIND})
+QR_MOVE_CLASSES = frozenset({STUDY_ROOT_MOVE, PATIENT_ROOT_MOVE})
+QR_GET_CLASSES = frozenset({STUDY_ROOT_GET, PATIENT_ROOT_GET})
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -111,6 +119,13 @@ class Service(StrEnum):
     COMMITMENT_REPORT = "commitment_report"
     #: Storage Commitment Push Model, peer as SCU: it sends us N-ACTIONs (ctnode commits).
     COMMIT = "commit"
+    #: Query/Retrieve C-FIND (Patient and Study Root) over the local store.
+    FIND = "find"
+    #: Query/Retrieve C-MOVE: instances sent to a configured peer on new associations.
+    MOVE = "move"
+    #: Query/Retrieve C-GET: instances sent back on the same association (the storage contexts
+    #: the peer proposes with the SCP role belong to this service).
+    GET = "get"
 
 
 def service_for(abstract_syntax: str) -> Service | None:
@@ -121,7 +136,25 @@ def service_for(abstract_syntax: str) -> Service | None:
         return Service.STORE
     if abstract_syntax == STORAGE_COMMITMENT_PUSH:
         return Service.COMMITMENT_REPORT
+    if abstract_syntax in QR_FIND_CLASSES:
+        return Service.FIND
+    if abstract_syntax in QR_MOVE_CLASSES:
+        return Service.MOVE
+    if abstract_syntax in QR_GET_CLASSES:
+        return Service.GET
     return None
+
+
+def storage_service(role: tuple[bool, bool] | None, allowed: frozenset[Service] | None) -> Service:
+    """What a storage context is for, from the requestor's proposed (SCU, SCP) role: with the
+    SCP role it receives C-GET sub-operations (``get``) unless it may also store and proposed
+    the SCU role too (then ``store``; ``ul.negotiation`` still grants the SCP role if it may
+    ``get``)."""
+    if role is None or not role[1]:
+        return Service.STORE
+    if role[0] and (allowed is None or Service.STORE in allowed):
+        return Service.STORE
+    return Service.GET
 
 
 def syntaxes_for(service: Service) -> tuple[str, ...]:
@@ -198,6 +231,8 @@ def negotiate(
         service = service_for(ctx.abstract_syntax)
         if service is Service.COMMITMENT_REPORT:
             service = commitment_service((roles or {}).get(ctx.abstract_syntax), allowed)
+        elif service is Service.STORE:
+            service = storage_service((roles or {}).get(ctx.abstract_syntax), allowed)
         if service is None:
             decisions.append(
                 ContextDecision(
@@ -216,7 +251,12 @@ def negotiate(
                 )
             )
             continue
-        ours = syntaxes_for(service)
+        # A storage context under ``get`` carries C-STORE sub-operations: storage syntaxes.
+        ours = (
+            STORAGE_SYNTAXES
+            if service is Service.GET and ctx.abstract_syntax in storage_classes()
+            else syntaxes_for(service)
+        )
         chosen = next((ts for ts in ctx.transfer_syntaxes if ts in ours), None)
         if chosen is None:
             decisions.append(
@@ -238,8 +278,10 @@ def negotiate_role(abstract_syntax: str, scu_role: bool, scp_role: bool) -> tupl
     SCP only for Storage Commitment Push Model: that is how a PACS sends the N-EVENT-REPORT on a
     new association (as SCU there, a scanner sends the N-ACTION; which of the two a peer may use
     is its ``accept`` list's business, see ``ul.negotiation.decide_contexts``). A role can only
-    be accepted if the requestor proposed it.
+    be accepted if the requestor proposed it. For a storage class the SCP role is accepted too: a
+    C-GET requestor receives the sub-operations so (PS3.4 C.4.3.1); whether the peer may
+    ``get`` is, again, ``decide_contexts``'s business.
     """
-    if abstract_syntax == STORAGE_COMMITMENT_PUSH:
+    if abstract_syntax == STORAGE_COMMITMENT_PUSH or abstract_syntax in storage_classes():
         return scu_role, scp_role
     return scu_role, False

@@ -54,6 +54,10 @@ from ctnode.ul.acceptor import (
 
 log = get_logger("ctnode.scp")
 
+#: Services that read the store: only for peers whose ``accept`` list names them.
+QR_SERVICES = frozenset({Service.FIND, Service.MOVE, Service.GET})
+_OPEN_SERVICES = frozenset(Service) - QR_SERVICES
+
 
 class ReportHandler(Protocol):
     """Processes a storage commitment N-EVENT-REPORT (implemented in ``commitment``)."""
@@ -207,7 +211,10 @@ class ScpApplication:
             return Accept(frozenset({Service.ECHO}), None)
         if match.peer is not None or self.node.accept_unknown_callers:
             if match.peer is None or self.node.accept_unknown_callers:
-                return Accept(None, match.peer)
+                # Query/retrieve never comes with accept_unknown_callers: only a configured
+                # peer whose accept list names it may look into the store.
+                granted = frozenset(match.peer.config.accept) if match.peer else frozenset()
+                return Accept(_OPEN_SERVICES | (granted & QR_SERVICES), match.peer)
             return Accept(frozenset(match.peer.config.accept), match.peer)
         return Reject(
             P.RJ_PERMANENT,

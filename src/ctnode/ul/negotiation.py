@@ -26,6 +26,7 @@ from ctnode.dicom.contexts import (
     Service,
     negotiate,
     negotiate_role,
+    storage_classes,
 )
 from ctnode.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ctnode.ul import pdu as P
@@ -59,6 +60,9 @@ class AcceptedContext:
     abstract_syntax: str
     transfer_syntax: str
     service: Service | None
+    #: The requestor took the SCP role for this SOP class (PS3.7 D.3.3.4): ctnode may send it
+    #: requests here (C-STORE sub-operations of a C-GET).
+    requestor_scp: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +143,15 @@ def agree(
             roles=roles,
         ),
     )
+    scp_classes = {r.sop_class_uid for r in roles if r.scp_role}
     accepted = {
-        d.context_id: AcceptedContext(d.context_id, d.abstract_syntax, d.transfer_syntax, d.service)
+        d.context_id: AcceptedContext(
+            d.context_id,
+            d.abstract_syntax,
+            d.transfer_syntax,
+            d.service,
+            d.abstract_syntax in scp_classes,
+        )
         for d in decisions
         if d.accepted
     }
@@ -172,6 +183,10 @@ def decide_contexts(
                 # SCU: it sends N-ACTION (``commit``); SCP: N-EVENT-REPORT (``commitment_report``).
                 scu = scu and Service.COMMIT in allowed
                 scp = scp and Service.COMMITMENT_REPORT in allowed
+            elif allowed is not None and decision.abstract_syntax in storage_classes():
+                # SCU: it sends C-STORE (``store``); SCP: it receives C-GET sub-operations.
+                scu = scu and Service.STORE in allowed
+                scp = scp and Service.GET in allowed
             if not scu and not scp:
                 answer = ContextDecision(
                     decision.context_id,
