@@ -71,6 +71,20 @@ class Instance(Base):
     node_name: Mapped[str] = mapped_column(String(64))
     #: Set when the file was removed (retention after storage commitment).
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # -- query/retrieve keys (revision 0005) --
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    study_id: Mapped[str | None] = mapped_column(String(16))
+    referring_physician_name: Mapped[str | None] = mapped_column(String(324))
+    body_part_examined: Mapped[str | None] = mapped_column(String(16))
+    series_date: Mapped[str | None] = mapped_column(String(8))
+    series_time: Mapped[str | None] = mapped_column(String(16))
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    #: What the row holds: None for rows written before revision 0005 (without the keys above;
+    #: ``ctnode db upgrade`` fills them from the stored files), ``INDEX_VERSION`` since.
+    index_version: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_instances_patient_id", "patient_id"),)
 

@@ -94,6 +94,41 @@ def _int_or_none(raw: str | None) -> int | None:
         return None
 
 
+def _us_or_none(raw: bytes | None) -> int | None:
+    """A US value (Rows, Columns): little endian in every syntax ctnode stores."""
+    if raw is None or len(raw) < 2:
+        return None
+    return int.from_bytes(raw[:2], "little")
+
+
+def _clip(text: str | None, size: int) -> str | None:
+    return (text or "")[:size] or None
+
+
+#: ``instances.index_version`` of rows written now (None: before revision 0005).
+INDEX_VERSION = 1
+
+
+def query_values(scan: ScanResult) -> dict[str, Any]:
+    """The query/retrieve keys of a scanned data set (revision 0005 columns)."""
+    charset = scan.values.get(tags.SPECIFIC_CHARACTER_SET)
+    return {
+        "patient_birth_date": _clip(scan.text(tags.PATIENT_BIRTH_DATE), 8),
+        "patient_sex": _clip(scan.text(tags.PATIENT_SEX), 16),
+        "study_id": _clip(decode_text(scan.values.get(tags.STUDY_ID), charset), 16),
+        "referring_physician_name": _clip(
+            decode_text(scan.values.get(tags.REFERRING_PHYSICIAN_NAME), charset), 324
+        ),
+        "body_part_examined": _clip(scan.text(tags.BODY_PART_EXAMINED), 16),
+        "series_date": _clip(scan.text(tags.SERIES_DATE), 8),
+        "series_time": _clip(scan.text(tags.SERIES_TIME), 16),
+        "rows": _us_or_none(scan.values.get(tags.ROWS)),
+        "columns": _us_or_none(scan.values.get(tags.COLUMNS)),
+        "number_of_frames": _int_or_none(scan.text(tags.NUMBER_OF_FRAMES)),
+        "index_version": INDEX_VERSION,
+    }
+
+
 def row_values(spool: SpoolFile, scan: ScanResult, rel: str, node_name: str) -> dict[str, Any]:
     """The ``instances`` row of a scanned spool file stored at *rel* (under ``store/``)."""
     request = spool.request
@@ -131,6 +166,7 @@ def row_values(spool: SpoolFile, scan: ScanResult, rel: str, node_name: str) -> 
         "path": rel,
         "node_name": node_name,
         "deleted_at": None,
+        **query_values(scan),
     }
 
 
