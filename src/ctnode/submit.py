@@ -15,7 +15,9 @@ script can call them with the settings ``ctnode`` would load::
     print(submission.job.id, submission.created)
 
 Follow a job with ``ctnode.follow.follow(submission.repository, submission.job.id,
-wake=wake_address(settings))``.
+wake=wake_address(settings))``. Pass ``repository=`` to reuse one JobRepository across many
+submissions; without it each call opens one on ``database.url`` (dispose of its engine,
+``submission.repository.engine.dispose()``, when done).
 
 Idempotency: a job submitted with an ``idempotency_key`` already used by any job is not created
 again; that job is returned unchanged (``created`` False) and the node is not poked.
