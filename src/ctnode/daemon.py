@@ -19,6 +19,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ctnode.commitment import Reconciler, Retention
+from ctnode.commitment_scp.intake import Intake
+from ctnode.commitment_scp.report import ReportOperation
+from ctnode.commitment_scp.transactions import IncomingCommitments
 from ctnode.config import Settings
 from ctnode.db import migrate
 from ctnode.db.engine import session_factory
@@ -35,7 +38,7 @@ from ctnode.metrics import (
     readiness,
 )
 from ctnode.moves import MoveRegistry
-from ctnode.peers import PeerRegistry, load_peers
+from ctnode.peers import Peer, PeerRegistry, load_peers
 from ctnode.pools import prewarm
 from ctnode.queue.attempt import Operation
 from ctnode.queue.commitment import CommitmentRepository
@@ -90,6 +93,7 @@ class Runtime:
     workers: WorkerPool
     metrics: Metrics
     reconciler: Reconciler
+    intake: Intake
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -120,6 +124,10 @@ def build_runtime(settings: Settings) -> Runtime:
     retention = Retention(settings.storage, store)
     reconciler = Reconciler(commits, retention)
     _warn_commitment_peers(settings, registry)
+    # -- storage commitment SCP: requests peers send us, their reports --
+    incoming = IncomingCommitments(sessions)
+    reports = ReportOperation(settings.node, incoming, commits)
+    intake = Intake(settings, incoming, repo, reports=reports)
     moves = MoveRegistry()  # C-MOVE arrivals: SCP -> move jobs of this process
     app = ScpApplication(
         settings.node,
@@ -128,6 +136,7 @@ def build_runtime(settings: Settings) -> Runtime:
         report_handler=reconciler.handle_inbound,
         observer=metrics,
         on_stored=moves.note,
+        action_handler=intake.on_action,
     )
     server = ScpServer(settings.node, app, peers, tls_context=tls_context)
     push = PushOperation(
@@ -136,6 +145,7 @@ def build_runtime(settings: Settings) -> Runtime:
     operations: dict[JobKind, Operation] = {
         JobKind.PUSH: push,
         JobKind.COMMIT: CommitOperation(settings.node, commits, reconciler, retention, push),
+        JobKind.COMMIT_REPORT: reports,
         JobKind.QUERY: QueryOperation(settings.node),
         JobKind.MOVE: MoveOperation(settings.node, moves, shared_storage=settings.storage.shared),
     }
@@ -149,8 +159,35 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     metrics.add_collector(StateCollector(repo.summary, store.free_bytes, commits.counts))
     return Runtime(
-        settings, engine, sessions, peers, store, app, server, repo, workers, metrics, reconciler
+        settings,
+        engine,
+        sessions,
+        peers,
+        store,
+        app,
+        server,
+        repo,
+        workers,
+        metrics,
+        reconciler,
+        intake,
     )
+
+
+def _recover_reports(runtime: Runtime) -> None:
+    """Queue the report of a commitment request persisted just before a crash (its job was
+    not yet queued); best effort: the database may be briefly unavailable."""
+
+    def peer_for(name: str) -> Peer | None:
+        return runtime.peers().peers.get(name)
+
+    try:
+        count = runtime.intake.recover(peer_for)
+    except Exception as exc:
+        log.warning("commit_scp.recovery_failed", error=str(exc).splitlines()[0])
+        return
+    if count:
+        log.info("commit_scp.reports_recovered", transactions=count)
 
 
 def _warn_commitment_peers(settings: Settings, registry: PeerRegistry) -> None:
@@ -262,6 +299,8 @@ async def supervise(
         loop.call_soon_threadsafe(runtime.workers.wake)
 
     runtime.reconciler.notify = notify
+    runtime.intake.notify = notify
+    await asyncio.to_thread(_recover_reports, runtime)
     workers = asyncio.create_task(runtime.workers.run(stop_workers), name="workers")
     supervisor.ready()
     supervision = asyncio.create_task(supervisor.run(stop), name="supervisor")

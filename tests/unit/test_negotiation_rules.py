@@ -156,16 +156,21 @@ def test_asking_only_for_forbidden_services_rejects_the_association() -> None:
 
 def test_role_selection_answers_once_per_sop_class() -> None:
     """PS3.7 D.3.3.4: the requestor may be SCP of Storage Commitment (the N-EVENT-REPORT comes
-    on its association); one role item answers each SOP class even with two contexts for it."""
+    on its association) when it may send reports, SCU (it sends the N-ACTION) when it may ask
+    for commitment; one role item answers each SOP class even with two contexts for it."""
     role = P.RoleSelection(STORAGE_COMMITMENT_PUSH, scu_role=True, scp_role=True)
     rq = _rq(
         (1, STORAGE_COMMITMENT_PUSH, (IMPLICIT_VR_LE,)),
         (3, STORAGE_COMMITMENT_PUSH, (IMPLICIT_VR_LE,)),
         roles=(role,),
     )
-    answer = _agree(rq)
+    answer = _agree(rq, frozenset({Service.COMMITMENT_REPORT}))
     assert answer.ac.user.roles == [P.RoleSelection(STORAGE_COMMITMENT_PUSH, False, True)]
     assert set(answer.contexts) == {1, 3}
+    both = _agree(rq, frozenset({Service.COMMITMENT_REPORT, Service.COMMIT}))
+    assert both.ac.user.roles == [P.RoleSelection(STORAGE_COMMITMENT_PUSH, True, True)]
+    scu = _agree(rq, frozenset({Service.COMMIT}))
+    assert scu.ac.user.roles == [P.RoleSelection(STORAGE_COMMITMENT_PUSH, True, False)]
 
 
 def test_a_role_proposal_leaving_no_role_rejects_the_context() -> None:

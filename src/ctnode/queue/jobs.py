@@ -21,6 +21,8 @@ class JobKind(StrEnum):
     MOVE = "move"
     #: Storage commitment (N-ACTION, then wait for the N-EVENT-REPORT).
     COMMIT = "commit"
+    #: The N-EVENT-REPORT answering a peer's storage commitment request (ctnode as SCP).
+    COMMIT_REPORT = "commit_report"
 
 
 class JobState(StrEnum):

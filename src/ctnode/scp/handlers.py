@@ -25,6 +25,10 @@ N-EVENT-REPORT (storage commitment report) — delegated to the commitment recon
 (``commitment.Reconciler``): 0x0000 once processed, 0x0110 for an unknown transaction, a report
 from a peer we did not ask or an undecodable one, 0x0113 for an Event Type ID other than 1 or 2.
 
+N-ACTION (storage commitment request, ctnode as SCP) — delegated to ``commitment_scp.intake``
+(its docstring lists the statuses): 0x0000 once the transaction is persisted and its report
+queued; 0x0124 (not authorised) from a peer without ``commit`` in its ``accept`` list.
+
 Any other request — 0x0211 (unrecognised operation).
 """
 
@@ -36,7 +40,7 @@ from typing import Any, Protocol
 
 from ctnode.config import NodeSettings
 from ctnode.dicom import status
-from ctnode.dicom.contexts import Service
+from ctnode.dicom.contexts import STORAGE_COMMITMENT_PUSH, Service
 from ctnode.dicom.uids import is_valid_uid
 from ctnode.logs import get_logger
 from ctnode.peers import PeerRegistry, is_self_address
@@ -64,6 +68,15 @@ class ReportHandler(Protocol):
 
     def __call__(self, info: AssociationInfo, cmd: dimse.Command, dataset: bytes, ts: str) -> int:
         """Return the DIMSE status for the N-EVENT-REPORT-RSP."""
+
+
+class ActionHandler(Protocol):
+    """Processes a storage commitment N-ACTION (implemented in ``commitment_scp.intake``)."""
+
+    def __call__(
+        self, info: AssociationInfo, ctx: AcceptedContext, cmd: dimse.Command, dataset: bytes
+    ) -> tuple[int, str | None, Callable[[], None] | None]:
+        """The N-ACTION-RSP status, its Error Comment, and what to run once it is sent."""
 
 
 class Observer(Protocol):
@@ -189,6 +202,7 @@ class ScpApplication:
         report_handler: ReportHandler | None = None,
         observer: Observer | None = None,
         on_stored: StoredHook | None = None,
+        action_handler: ActionHandler | None = None,
     ) -> None:
         self.node = node
         self.store = store
@@ -197,6 +211,8 @@ class ScpApplication:
         self.observer: Observer = observer or _NullObserver()
         #: Query/retrieve: C-MOVE arrivals are attributed to their move job.
         self.on_stored = on_stored
+        #: Storage commitment requests (N-ACTION) peers send us.
+        self.action_handler = action_handler
 
     # -- association -------------------------------------------------------------------
 
@@ -254,6 +270,13 @@ class ScpApplication:
             return self._begin_store(info, ctx, cmd)
         if cmd.field == dimse.N_EVENT_REPORT_RQ and ctx.service is Service.COMMITMENT_REPORT:
             return MemorySink(16 * 1024 * 1024, lambda data: self._report(info, ctx, cmd, data))
+        if cmd.field == dimse.N_ACTION_RQ and ctx.abstract_syntax == STORAGE_COMMITMENT_PUSH:
+            if self.action_handler is None or not self._may(info, Service.COMMIT):
+                why = "the peer may not ask ctnode for storage commitment (accept: [commit])"
+                return DiscardSink(
+                    cmd, status.NOT_AUTHORIZED, lambda _size: self._refused_action(info, why)
+                )
+            return MemorySink(16 * 1024 * 1024, lambda data: self._action(info, ctx, cmd, data))
         return DiscardSink(cmd, status.UNRECOGNIZED_OPERATION, lambda _size: None)
 
     def _begin_store(self, info: AssociationInfo, ctx: AcceptedContext, cmd: dimse.Command) -> Any:
@@ -349,6 +372,32 @@ class ScpApplication:
             code = self.report_handler(info, cmd, data, ctx.transfer_syntax)
         info.count("commitment_reports")
         return _reply(cmd, code, EventTypeID=cmd.get("EventTypeID"))
+
+    def _may(self, info: AssociationInfo, service: Service) -> bool:
+        """True if the caller may use *service* (any, when unknown callers are accepted)."""
+        if self.node.accept_unknown_callers:
+            return True
+        peer = info.peer
+        return peer is not None and peer.may(service)
+
+    @staticmethod
+    def _refused_action(info: AssociationInfo, why: str) -> None:
+        log.warning(
+            "scp.commit.refused",
+            **info.log_context(),
+            status=status.hex_status(status.NOT_AUTHORIZED),
+            reason=why,
+        )
+
+    def _action(
+        self, info: AssociationInfo, ctx: AcceptedContext, cmd: dimse.Command, data: bytes
+    ) -> Reply:
+        assert self.action_handler is not None
+        code, comment, after = self.action_handler(info, ctx, cmd, data)
+        extra: dict[str, Any] = {"ActionTypeID": cmd.get("ActionTypeID")}
+        if comment and code != status.SUCCESS:
+            extra["ErrorComment"] = comment
+        return _reply(cmd, code, after=after, **extra)
 
     def handle(
         self, info: AssociationInfo, ctx: AcceptedContext, cmd: dimse.Command
