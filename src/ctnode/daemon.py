@@ -22,6 +22,7 @@ from ctnode.commitment import Reconciler, Retention
 from ctnode.commitment_scp.intake import Intake
 from ctnode.commitment_scp.report import ReportOperation
 from ctnode.commitment_scp.transactions import IncomingCommitments
+from ctnode.commitment_scp.upstream import UpstreamRequests
 from ctnode.config import Settings
 from ctnode.db import migrate
 from ctnode.db.engine import session_factory
@@ -126,7 +127,12 @@ def build_runtime(settings: Settings) -> Runtime:
     _warn_commitment_peers(settings, registry)
     # -- storage commitment SCP: requests peers send us, their reports --
     incoming = IncomingCommitments(sessions)
-    reports = ReportOperation(settings.node, incoming, commits)
+    upstream = (
+        UpstreamRequests(settings, repo, commits, peers)
+        if settings.commitment_scp.mode == "upstream"
+        else None
+    )
+    reports = ReportOperation(settings.node, incoming, commits, upstream)
     intake = Intake(settings, incoming, repo, reports=reports)
     moves = MoveRegistry()  # C-MOVE arrivals: SCP -> move jobs of this process
     app = ScpApplication(
