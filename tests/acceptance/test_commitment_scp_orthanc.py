@@ -100,6 +100,10 @@ def test_orthanc_scanner_local_mode(
     shown = node.cli("commitments", "--peer", "scanner", "--json")
     assert shown.returncode == 0, shown.stderr
     assert '"state": "reported"' in shown.stdout
+    # Orthanc releases the N-ACTION's association at once: the report goes on a new one.
+    assert node.log is not None
+    sent = node.log.wait_for("commit_scp.report.sent", timeout=5)
+    assert sent["association"] == "new", sent
 
 
 def test_orthanc_scanner_upstream_mode_waits_for_the_pacs(tmp_path: Path) -> None:

@@ -164,3 +164,39 @@ def test_requestor_down_at_report_time_gets_it_when_back(
     assert shown.returncode == 0, shown.stderr
     detail = json.loads(shown.stdout)
     assert detail["state"] == "reported" and detail["report_attempts"] >= 3
+
+
+def test_report_on_the_same_association(tmp_path: Path) -> None:
+    """A requestor that keeps the N-ACTION's association open (within ``commit_linger``) gets
+    the report on it; nothing is sent on a new association afterwards."""
+    node = CtnodeProcess(tmp_path / "node", config={"queue": FAST_QUEUE})
+    scanner = Scanner(node.port)
+    node.write_peer("scanner", scanner.peer_file(commit_linger=2))
+    with node:
+        paths = write_series(tmp_path / "study", 2)
+        scanner.store(paths)
+        scanner.listen()
+        try:
+            uid = new_transaction_uid()
+            status, _ = scanner.request(uid, _refs(paths), keep_open=10)
+            assert status == 0x0000
+            report = scanner.wait_report(uid, timeout=1)
+            assert report.same_association and report.event_type == 1
+            tx = wait_until(
+                lambda: [t for t in _commitments(node) if t["state"] == "reported"], 10
+            )[0]
+            assert tx["transaction_uid"] == uid
+            job = json.loads(node.cli("jobs", "show", str(tx["report_job"]), "--json").stdout)
+            wait_until(
+                lambda: (
+                    json.loads(node.cli("jobs", "show", str(tx["report_job"]), "--json").stdout)[
+                        "state"
+                    ]
+                    == "succeeded"
+                ),
+                10,
+            )
+            assert job["kind"] == "commit_report"
+            assert len(scanner.reports) == 1  # not sent again on a new association
+        finally:
+            scanner.stop()

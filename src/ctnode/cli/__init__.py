@@ -18,7 +18,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from ctnode.cli import data, jobs, node, peers, send
+from ctnode.cli import commitments, data, jobs, node, peers, send
 from ctnode.cli.common import State
 from ctnode.errors import ConfigError, CtnodeError
 
@@ -32,6 +32,9 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect and validate the co
 db_app = typer.Typer(no_args_is_help=True, help="Database schema management.")
 peers_app = typer.Typer(no_args_is_help=True, help="List peers and check them before use.")
 jobs_app = typer.Typer(no_args_is_help=True, help="List, inspect, retry and cancel jobs.")
+commitments_app = typer.Typer(
+    invoke_without_command=True, help="Storage commitment requests peers sent us."
+)
 
 app.command()(node.version)
 app.command()(node.run)
@@ -55,6 +58,9 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(peers_app, name="peers")
 app.add_typer(jobs_app, name="jobs")
+commitments_app.callback()(commitments.commitments_list)
+commitments_app.command("show")(commitments.commitments_show)
+app.add_typer(commitments_app, name="commitments")
 
 
 @app.callback()

@@ -85,9 +85,7 @@ class Intake:
         to do once it is sent (the report on this association)."""
         peer: Peer | None = info.peer
         linger = peer.config.commit_linger if peer is not None else 0.0
-        same = (
-            self.reports is not None and linger > 0 and getattr(info, "requests", None) is not None
-        )
+        same = self.reports is not None and linger > 0 and info.requests is not None
         answer = self.handle(
             peer, info.log_context(), dict(cmd), dataset, ctx.transfer_syntax, same_association=same
         )

@@ -13,7 +13,6 @@ failure status — wakes the report job at once, which sends it on a new associa
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,6 +24,7 @@ from ctnode.dicom.commitment import encode_report
 from ctnode.logs import get_logger
 from ctnode.queue.repository import JobRepository
 from ctnode.ul.acceptor import AcceptedContext, AssociationInfo
+from ctnode.ul.peer_requests import PeerGone
 
 log = get_logger("ctnode.commit_scp")
 
@@ -43,7 +43,7 @@ def report_on_association(
     jobs: JobRepository,
 ) -> None:
     """Try the report on *info*'s association (see the module docstring)."""
-    requests: Any = getattr(info, "requests", None)
+    requests = info.requests
     if requests is None or linger <= 0:
         return
     fields = {**info.log_context(), "transaction_uid": tx.transaction_uid}
@@ -82,11 +82,9 @@ def report_on_association(
             )
     except SQLAlchemyError as exc:  # the job decides again later
         log.warning("commit_scp.report.same_association_skipped", **fields, reason=str(exc))
-    except Exception as exc:
-        # PeerGone: the requestor released or aborted (it takes the report on a new
-        # association). Anything else (a timeout, a protocol error) is the acceptor's to handle.
-        if type(exc).__name__ != "PeerGone":
-            raise
+    except PeerGone:
+        # The requestor released or aborted: it takes the report on a new association.
+        # Anything else (a timeout, a protocol error) is the acceptor's to handle.
         log.info("commit_scp.report.same_association_skipped", **fields, reason="association ended")
     finally:
         if not sent and tx.report_job_id is not None:

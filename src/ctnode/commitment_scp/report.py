@@ -43,7 +43,7 @@ from ctnode.peers import Peer
 from ctnode.queue.attempt import Attempt, AttemptResult, Outcome, outcome_of, outcome_of_status
 from ctnode.scu.association import params_for
 from ctnode.ul import pdu as P
-from ctnode.ul.dimse import N_EVENT_REPORT_RQ
+from ctnode.ul.dimse import N_EVENT_REPORT_RQ, CommandValue
 from ctnode.ul.requestor import ContextRequest, Requestor
 
 log = get_logger("ctnode.commit_scp")
@@ -69,7 +69,7 @@ class Upstream(Protocol):
         """Queue push and commit jobs for *uids* to every upstream peer lacking them."""
 
 
-def event_fields(report: CommitmentReport) -> dict[str, object]:
+def event_fields(report: CommitmentReport) -> dict[str, CommandValue | None]:
     """The N-EVENT-REPORT-RQ command fields (Message ID added by the sender)."""
     return {
         "CommandField": N_EVENT_REPORT_RQ,
