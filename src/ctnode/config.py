@@ -202,6 +202,13 @@ class QueueSettings(_Model):
     retry: RetrySettings = RetrySettings()
 
 
+class QueryScpSettings(_Model):
+    """Query/Retrieve requests peers send us (C-FIND, C-MOVE, C-GET over the local store)."""
+
+    #: Match person names ignoring case (PS3.4 C.2.2.2.1 allows it; the default is literal).
+    case_insensitive_names: bool = False
+
+
 class CommitmentScpSettings(_Model):
     """Storage commitment requests peers send us (ctnode as Storage Commitment SCP)."""
 
@@ -246,6 +253,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     metrics: MetricsSettings = MetricsSettings()
     commitment_scp: CommitmentScpSettings = CommitmentScpSettings()
+    query_scp: QueryScpSettings = QueryScpSettings()
 
     _source_file: Path | None = PrivateAttr(default=None)
 

@@ -27,7 +27,7 @@ from ctnode.config import Settings
 from ctnode.db import migrate
 from ctnode.db.engine import session_factory
 from ctnode.db.opening import open_database
-from ctnode.dicom.contexts import storage_classes
+from ctnode.dicom.contexts import Service, storage_classes
 from ctnode.errors import ConfigError
 from ctnode.logs import get_logger
 from ctnode.metrics import (
@@ -41,13 +41,16 @@ from ctnode.metrics import (
 from ctnode.moves import MoveRegistry
 from ctnode.peers import Peer, PeerRegistry, load_peers
 from ctnode.pools import prewarm
+from ctnode.qrindex import QrIndex
 from ctnode.queue.attempt import Operation
 from ctnode.queue.commitment import CommitmentRepository
 from ctnode.queue.jobs import JobKind
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.wakeup import WakeListener
 from ctnode.queue.worker import WorkerPool
-from ctnode.scp.handlers import ScpApplication
+from ctnode.scp.handlers import QrHandler, ScpApplication
+from ctnode.scp.qr_find import FindService
+from ctnode.scp.qr_retrieve import RetrieveService
 from ctnode.scp.server import ScpServer
 from ctnode.scu.commit import CommitOperation, commit_after_push
 from ctnode.scu.move import MoveOperation
@@ -143,6 +146,7 @@ def build_runtime(settings: Settings) -> Runtime:
         observer=metrics,
         on_stored=moves.note,
         action_handler=intake.on_action,
+        qr_handlers=qr_handlers(settings, engine, store, peers, metrics),
     )
     server = ScpServer(settings.node, app, peers, tls_context=tls_context)
     push = PushOperation(
@@ -194,6 +198,21 @@ def _recover_reports(runtime: Runtime) -> None:
         return
     if count:
         log.info("commit_scp.reports_recovered", transactions=count)
+
+
+def qr_handlers(
+    settings: Settings, engine: Engine, store: Store, peers: PeerHolder, metrics: Metrics
+) -> dict[Service, QrHandler]:
+    """The Query/Retrieve SCP's handlers (C-FIND, C-MOVE, C-GET) over this node's index."""
+    index = QrIndex(engine, store.root, settings.node.name, settings.storage.shared)
+    find = FindService(
+        index,
+        settings.node.ae_title,
+        metrics,
+        case_insensitive_names=settings.query_scp.case_insensitive_names,
+    )
+    retrieve = RetrieveService(index, settings.node, peers, metrics)
+    return {Service.FIND: find, Service.MOVE: retrieve.move, Service.GET: retrieve.get}
 
 
 def _warn_commitment_peers(settings: Settings, registry: PeerRegistry) -> None:

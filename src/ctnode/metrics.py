@@ -80,6 +80,18 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.qr_requests = Counter(
+            "ctnode_qr_requests_total",
+            "C-FIND, C-MOVE and C-GET requests answered, by peer, service and final status",
+            ["peer", "service", "status"],
+            registry=r,
+        )
+        self.qr_suboperations = Counter(
+            "ctnode_qr_suboperations_total",
+            "C-STORE sub-operations of C-MOVE and C-GET, by peer, service and status group",
+            ["peer", "service", "status_group"],
+            registry=r,
+        )
 
     # -- inbound (ScpApplication Observer protocol) -----------------------------------------
 
@@ -101,6 +113,14 @@ class Metrics:
             self.bytes_received.labels(peer).inc(size)
         else:
             self.dimse_failures.labels("inbound", st.group(code)).inc()
+
+    def query_answered(self, peer: str, service: str, code: int) -> None:
+        """A C-FIND, C-MOVE or C-GET ended with *code* (``scp.qr_common.QrObserver``)."""
+        self.qr_requests.labels(peer, service, f"0x{code:04X}").inc()
+
+    def suboperation_done(self, peer: str, service: str, code: int) -> None:
+        """A C-STORE sub-operation of a C-MOVE or C-GET was answered with *code*."""
+        self.qr_suboperations.labels(peer, service, st.group(code)).inc()
 
     # -- outbound ------------------------------------------------------------------------------
 

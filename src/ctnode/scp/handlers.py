@@ -29,6 +29,9 @@ N-ACTION (storage commitment request, ctnode as SCP) — delegated to ``commitme
 (its docstring lists the statuses): 0x0000 once the transaction is persisted and its report
 queued; 0x0124 (not authorised) from a peer without ``commit`` in its ``accept`` list.
 
+C-FIND, C-MOVE, C-GET (Query/Retrieve SCP, peers with ``accept: [find]``, ``[move]``, ``[get]``)
+— ``scp.qr_find`` and ``scp.qr_retrieve`` (their docstrings list the statuses).
+
 Any other request — 0x0211 (unrecognised operation).
 """
 
@@ -55,12 +58,28 @@ from ctnode.ul.acceptor import (
     Reject,
     Reply,
 )
+from ctnode.ul.limits import MAX_SMALL_DATASET
 
 log = get_logger("ctnode.scp")
 
 #: Services that read the store: only for peers whose ``accept`` list names them.
 QR_SERVICES = frozenset({Service.FIND, Service.MOVE, Service.GET})
 _OPEN_SERVICES = frozenset(Service) - QR_SERVICES
+_QR_COMMANDS = {
+    Service.FIND: dimse.C_FIND_RQ,
+    Service.MOVE: dimse.C_MOVE_RQ,
+    Service.GET: dimse.C_GET_RQ,
+}
+
+
+class QrHandler(Protocol):
+    """Answers a C-FIND, C-MOVE or C-GET (``scp.qr_find``, ``scp.qr_retrieve``): sends the
+    pending responses itself (``info.requests``) and returns the final one."""
+
+    def __call__(
+        self, info: AssociationInfo, ctx: AcceptedContext, cmd: dimse.Command, data: bytes
+    ) -> Reply:
+        """The final response."""
 
 
 class ReportHandler(Protocol):
@@ -202,6 +221,7 @@ class ScpApplication:
         report_handler: ReportHandler | None = None,
         observer: Observer | None = None,
         on_stored: StoredHook | None = None,
+        qr_handlers: dict[Service, QrHandler] | None = None,
         action_handler: ActionHandler | None = None,
     ) -> None:
         self.node = node
@@ -211,6 +231,8 @@ class ScpApplication:
         self.observer: Observer = observer or _NullObserver()
         #: Query/retrieve: C-MOVE arrivals are attributed to their move job.
         self.on_stored = on_stored
+        #: Query/retrieve SCP: find, move and get handlers.
+        self.qr_handlers = dict(qr_handlers or {})
         #: Storage commitment requests (N-ACTION) peers send us.
         self.action_handler = action_handler
 
@@ -270,6 +292,9 @@ class ScpApplication:
             return self._begin_store(info, ctx, cmd)
         if cmd.field == dimse.N_EVENT_REPORT_RQ and ctx.service is Service.COMMITMENT_REPORT:
             return MemorySink(16 * 1024 * 1024, lambda data: self._report(info, ctx, cmd, data))
+        qr = self.qr_handlers.get(ctx.service) if ctx.service in QR_SERVICES else None
+        if qr is not None and ctx.service is not None and cmd.field == _QR_COMMANDS[ctx.service]:
+            return MemorySink(MAX_SMALL_DATASET, lambda data: qr(info, ctx, cmd, data))
         if cmd.field == dimse.N_ACTION_RQ and ctx.abstract_syntax == STORAGE_COMMITMENT_PUSH:
             if self.action_handler is None or not self._may(info, Service.COMMIT):
                 why = "the peer may not ask ctnode for storage commitment (accept: [commit])"
