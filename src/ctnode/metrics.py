@@ -312,3 +312,35 @@ class HealthServer:
         """Stop serving."""
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@dataclass(eq=False)
+class CountsCollector:
+    """A scrape-time gauge of database counts by one label (e.g. incoming storage commitment
+    transactions by state), read at most every ``ttl`` seconds."""
+
+    name: str
+    documentation: str
+    label: str
+    counts: Callable[[], dict[str, int]]
+    ttl: float = 2.0
+    _cache: tuple[float, list[Any]] | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def describe(self) -> list[Any]:
+        """Nothing to pre-describe (the family is built at collect time)."""
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        """The gauge (cached); empty while the database does not answer."""
+        with self._lock:
+            now = time.monotonic()
+            if self._cache is None or now - self._cache[0] > self.ttl:
+                family = GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
+                try:
+                    for key, count in sorted(self.counts().items()):
+                        family.add_metric([key], float(count))
+                except Exception as exc:
+                    log.warning("metrics.collect_failed", error=str(exc).splitlines()[0])
+                self._cache = (now, [family])
+            yield from self._cache[1]
