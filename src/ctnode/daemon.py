@@ -31,6 +31,7 @@ from ctnode.dicom.contexts import Service, storage_classes
 from ctnode.errors import ConfigError
 from ctnode.logs import get_logger
 from ctnode.metrics import (
+    CountsCollector,
     HealthServer,
     Metrics,
     ReadyCheck,
@@ -168,6 +169,14 @@ def build_runtime(settings: Settings) -> Runtime:
         on_attempt=metrics.attempt_finished,
     )
     metrics.add_collector(StateCollector(repo.summary, store.free_bytes, commits.counts))
+    metrics.add_collector(
+        CountsCollector(
+            "ctnode_commitment_scp_transactions",
+            "Storage commitment requests peers sent us, by state",
+            "state",
+            incoming.counts,
+        )
+    )
     return Runtime(
         settings,
         engine,
