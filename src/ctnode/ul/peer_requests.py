@@ -125,7 +125,8 @@ class PeerRequests:
     def poll(self) -> None:
         """Process whatever the peer has sent so far, without waiting (PeerGone if it ended)."""
         while self._link.has_input():
-            self._link.read_next(0.0)
+            # A PDU has started to arrive: read it (bounded by the usual timeout).
+            self._link.read_next(self.response_timeout)
 
     def cancelled(self, message_id: int) -> bool:
         """True once a C-CANCEL-RQ for the peer's request *message_id* has been read."""
