@@ -221,7 +221,7 @@ class RetrieveService:
                 )
         if comment:
             extra["ErrorComment"] = comment[:64]
-        event = f"scp.{service}.finished"
+        event = "scp.move.finished" if service == "move" else "scp.get.finished"
         if code in (status.SUCCESS, status.CANCEL):
             log.info(event, **fields)
         else:
