@@ -221,7 +221,9 @@ class RetrieveService:
                 )
         if comment:
             extra["ErrorComment"] = comment[:64]
-        event = "scp.move.finished" if service == "move" else "scp.get.finished"
+        event = "scp.move.finished"
+        if service == "get":
+            event = "scp.get.finished"
         if code in (status.SUCCESS, status.CANCEL):
             log.info(event, **fields)
         else:
