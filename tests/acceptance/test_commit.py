@@ -21,6 +21,8 @@ from tests.helpers.jobs import job_json, wait_job
 from tests.helpers.orthanc import Orthanc
 from tests.helpers.procs import CtnodeProcess, run_tool
 
+pytestmark = pytest.mark.slow
+
 FAST_QUEUE = {
     "workers": 2,
     "poll_interval": 0.2,

@@ -18,6 +18,8 @@ from tests.helpers.fakes import FakeStoreSCP
 from tests.helpers.jobs import wait_job
 from tests.helpers.procs import CtnodeProcess, free_port, run_tool
 
+pytestmark = pytest.mark.slow
+
 
 def _get(port: int, path: str) -> tuple[int, str]:
     try:

@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from tests.helpers.fakeqr import FakeQRSCP
 from tests.helpers.jobs import job_json, wait_job
 from tests.helpers.procs import CtnodeProcess, free_port
 from tests.helpers.qrdata import FAST_QUEUE, Study, make_study, peer
 from tests.helpers.waiting import wait_until
+
+pytestmark = pytest.mark.slow
 
 
 def _study(tmp_path: Path) -> tuple[Study, list[pydicom.Dataset]]:

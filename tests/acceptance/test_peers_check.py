@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.dcmqrscp import dcmqrscp
 from tests.helpers.orthanc import Orthanc
 from tests.helpers.procs import CtnodeProcess, free_port, storescp
+
+pytestmark = pytest.mark.slow
 
 
 def test_peers_check_against_real_peers(tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ from tests.helpers.procs import CTNODE, CtnodeProcess, free_port, run_tool, stor
 from tests.helpers.qrdata import peer as _peer
 from tests.helpers.waiting import wait_until
 
+pytestmark = pytest.mark.slow
+
 FAST_QUEUE = {
     "workers": 2,
     "poll_interval": 0.2,

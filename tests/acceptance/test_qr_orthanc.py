@@ -20,6 +20,8 @@ from tests.helpers.orthanc import Orthanc
 from tests.helpers.procs import CtnodeProcess, free_port
 from tests.helpers.qrdata import FAST_QUEUE, Study, make_study, peer
 
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Env:

@@ -20,6 +20,8 @@ from tests.helpers.procs import CtnodeProcess, ServerProcess, free_port, run_too
 from tests.helpers.qrdata import FAST_QUEUE, Study, make_study, peer
 from tests.helpers.waiting import wait_until
 
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Env:

@@ -25,6 +25,8 @@ from tests.helpers.dicomgen import (
 )
 from tests.helpers.procs import CTNODE, DCMTK_ENV, CtnodeProcess, run_tool
 
+pytestmark = pytest.mark.slow
+
 MODALITY = {"ae_title": "STORESCU", "host": "127.0.0.1", "port": 11112, "accept": ["echo", "store"]}
 
 

@@ -16,6 +16,8 @@ from tests.helpers.procs import DCMTK_ENV, CtnodeProcess, run_tool
 from tests.helpers.scu import echo_ok
 from tests.helpers.waiting import wait_until
 
+pytestmark = pytest.mark.slow
+
 #: DCMTK's default calling AE title is STORESCU (echoscu's is ECHOSCU).
 MODALITY = {"ae_title": "STORESCU", "host": "127.0.0.1", "port": 104, "accept": ["echo", "store"]}
 

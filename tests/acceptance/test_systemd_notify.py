@@ -22,6 +22,8 @@ from tests.helpers.procs import CtnodeProcess
 from tests.helpers.scu import echo_ok
 from tests.helpers.waiting import wait_until
 
+pytestmark = pytest.mark.slow
+
 MODALITY = {"ae_title": "MODALITY", "host": "127.0.0.1", "port": 104, "accept": ["echo", "store"]}
 #: The watchdog interval systemd would announce; pings are due every half of it.
 WATCHDOG_SECONDS = 1.0

@@ -20,6 +20,8 @@ from tests.helpers.dicomgen import make_dataset, write
 from tests.helpers.procs import CtnodeProcess, free_port, run_tool, started, storescp
 from tests.helpers.waiting import wait_until
 
+pytestmark = pytest.mark.slow
+
 HANDSHAKE_TIMEOUT = 2.0
 SLACK = 5.0
 MODALITY = {"ae_title": "STORESCU", "host": "127.0.0.1", "port": 104, "accept": ["echo", "store"]}

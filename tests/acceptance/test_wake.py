@@ -16,6 +16,8 @@ from tests.helpers.dicomgen import write_series
 from tests.helpers.jobs import job_json, wait_job
 from tests.helpers.procs import CtnodeProcess, storescp
 
+pytestmark = pytest.mark.slow
+
 #: Far longer than any test here may take: a job that starts by polling fails the test.
 SLOW_POLL = {"workers": 2, "poll_interval": 30, "lease_seconds": 10}
 

@@ -23,6 +23,8 @@ from tests.adversarial.harness import (
 from tests.helpers import rawclient as raw
 from tests.helpers.dicomgen import encode_dataset, make_dataset
 
+pytestmark = pytest.mark.slow
+
 #: Slack on top of a timeout for the node to notice and close (2 busy cores).
 SLACK = 4.0
 

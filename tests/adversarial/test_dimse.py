@@ -413,6 +413,7 @@ def test_tcp_reset_mid_dataset(node: HostileNode) -> None:
     raw.reset(assoc.sock)
 
 
+@pytest.mark.slow
 def test_stall_mid_dataset(node: HostileNode) -> None:
     """Silence halfway through a data set: A-ABORT 2/0 within min(dimse, network) timeout
     plus slack; the partial spool file is removed."""

@@ -317,6 +317,7 @@ def test_mutations_are_deterministic() -> None:
     assert len({b"".join(mutate(c)[1]) for c in range(30)}) == 30
 
 
+@pytest.mark.slow
 def test_fuzz_bounded(node: HostileNode) -> None:
     """A bounded number of mutated cases (the CI run): every reply well-formed and in time,
     invariants every 20 cases; the mutations reach both the association and DIMSE levels."""

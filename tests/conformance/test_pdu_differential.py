@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pynetdicom import pdu as pn
@@ -214,6 +215,7 @@ def _check_user_information(
 # ------------------------------------------------------------ A-ASSOCIATE-RQ
 
 
+@pytest.mark.slow
 @S.budget(300)
 @given(S.associate_rqs())
 def test_associate_rq_pynetdicom_to_ctnode(neg: S.Negotiation) -> None:
@@ -224,6 +226,7 @@ def test_associate_rq_pynetdicom_to_ctnode(neg: S.Negotiation) -> None:
     assert P.decode_associate_rq(body) == _expected_after_reorder(neg)
 
 
+@pytest.mark.slow
 @S.budget(300)
 @given(S.associate_rqs())
 def test_associate_rq_ctnode_to_pynetdicom(neg: S.Negotiation) -> None:
@@ -252,6 +255,7 @@ def test_associate_rq_ctnode_to_pynetdicom(neg: S.Negotiation) -> None:
 # ------------------------------------------------------------ A-ASSOCIATE-AC
 
 
+@pytest.mark.slow
 @S.budget(200)
 @given(S.associate_acs())
 def test_associate_ac_pynetdicom_to_ctnode(neg: S.Negotiation) -> None:
@@ -261,6 +265,7 @@ def test_associate_ac_pynetdicom_to_ctnode(neg: S.Negotiation) -> None:
     assert P.decode_associate_ac(body) == _expected_after_reorder(neg)
 
 
+@pytest.mark.slow
 @S.budget(200)
 @given(S.associate_acs())
 def test_associate_ac_ctnode_to_pynetdicom(neg: S.Negotiation) -> None:

@@ -36,6 +36,8 @@ from tests.helpers.proxy import FaultProxy, Mode
 from tests.helpers.senders import SendResult, send_pynetdicom
 from tests.helpers.waiting import wait_until
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def _libfaketime() -> None:

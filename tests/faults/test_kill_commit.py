@@ -59,6 +59,8 @@ from tests.helpers.procs import CtnodeProcess, run_tool
 from tests.helpers.proxy import FaultProxy, Mode
 from tests.helpers.waiting import wait_until
 
+pytestmark = pytest.mark.slow
+
 #: Seconds a requested transaction waits for its report (well above the 1-3 s a report takes
 #: through the throttle, or CONNECT_DELAY plus that, so only a kill makes one expire).
 COMMIT_TIMEOUT = 10

@@ -44,6 +44,8 @@ from tests.helpers.procs import CtnodeProcess, ServerProcess, free_port, run_too
 from tests.helpers.proxy import FaultProxy, Mode
 from tests.helpers.qrdata import peer
 
+pytestmark = pytest.mark.slow
+
 
 def new_study(directory: Path, rng: random.Random) -> tuple[str, dict[str, Path]]:
     """A study of two series (30-60 instances each, 64x64 pixels): its UID, and SOP Instance

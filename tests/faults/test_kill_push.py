@@ -28,6 +28,8 @@ from tests.helpers.procs import CtnodeProcess, storescp
 from tests.helpers.proxy import FaultProxy, Mode
 from tests.helpers.qrdata import peer
 
+pytestmark = pytest.mark.slow
+
 
 def push_kill_rounds(
     tmp_path: Path, ledger: Ledger, rng: random.Random, kills: int, db_url: str | None

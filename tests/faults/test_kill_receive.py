@@ -21,6 +21,8 @@ from tests.helpers.ledger import Ledger
 from tests.helpers.procs import CtnodeProcess
 from tests.helpers.senders import SendResult, send_pynetdicom, send_storescu
 
+pytestmark = pytest.mark.slow
+
 PEERS = {
     "modality": {"ae_title": "MODALITY", "host": "127.0.0.1", "port": 104, "accept": ["store"]},
     "storescu": {"ae_title": "STORESCU", "host": "127.0.0.1", "port": 104, "accept": ["store"]},

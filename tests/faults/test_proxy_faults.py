@@ -28,6 +28,8 @@ from tests.helpers.procs import CtnodeProcess, storescp
 from tests.helpers.proxy import FaultProxy, Mode
 from tests.helpers.waiting import wait_until
 
+pytestmark = pytest.mark.slow
+
 TIMEOUTS = {"connect": 2, "acse": 2, "dimse": 3, "network": 3}
 #: Longest a failed attempt may take: the slowest phase (network write 3 s, DIMSE 3 s) plus the
 #: abort and close, plus scheduling slack on a busy machine.

@@ -124,6 +124,7 @@ def test_blackhole_reads_but_never_answers(echo_proxy: tuple[EchoServer, FaultPr
     assert server.connections == 0 and proxy.stats.blackholed == 1
 
 
+@pytest.mark.slow
 def test_stall_after_n_bytes_blocks_the_writer(echo_proxy: tuple[EchoServer, FaultProxy]) -> None:
     """stall: exactly N bytes reach the target; then nothing comes back and a writer's
     sendall blocks until its own socket timeout (the proxy stops reading)."""

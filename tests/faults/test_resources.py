@@ -28,6 +28,8 @@ from tests.helpers.proxy import FaultProxy, Mode
 from tests.helpers.senders import send_pynetdicom
 from tests.helpers.waiting import wait_until
 
+pytestmark = pytest.mark.slow
+
 MODALITY = {"ae_title": "MODALITY", "host": "127.0.0.1", "port": 104, "accept": ["store"]}
 QUEUE = {
     "workers": 2,

@@ -92,6 +92,7 @@ def _drain(url: str, owner: str, threads: int, out: multiprocessing.Queue) -> No
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_no_job_claimed_twice_by_two_processes_of_four_workers(
     repo: JobRepository, db_url: str
 ) -> None:

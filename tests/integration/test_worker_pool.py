@@ -195,6 +195,7 @@ class CountingRepository(JobRepository):
         return super().claim(*args, **kwargs)
 
 
+@pytest.mark.slow
 def test_idle_workers_share_polling_and_wake_at_once(tmp_path: Path) -> None:
     """Four idle workers claim about once per poll interval between them (not four times),
     and a wake makes a job submitted meanwhile start at once, well before the next poll."""
