@@ -33,10 +33,6 @@ from ctnode.yamlio import load_yaml_file
 ENV_PREFIX = "CTNODE_"
 CONFIG_ENV = "CTNODE_CONFIG"
 
-#: Logging settings a short CLI command chose before ``ctnode.logs`` was imported; that module
-#: applies them when it is first imported (see ``ctnode.logs``).
-deferred_logging: LoggingSettings | None = None
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

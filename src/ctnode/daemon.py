@@ -115,7 +115,13 @@ def build_runtime(settings: Settings) -> Runtime:
         log.warning("config.peer_warning", detail=warning)
     tls = settings.node.tls
     tls_context = server_context(tls) if tls.enabled else None  # ConfigError before the database
-    engine = open_database(settings, migrate_sqlite=True)
+    engine = open_database(
+        settings,
+        migrate_sqlite=True,
+        on_migrated=lambda before, after: log.info(
+            "db.migrated", from_revision=before, to_revision=after
+        ),
+    )
     sessions = session_factory(engine)
     store = Store(settings.storage, sessions, settings.node.name)
     recovered = store.prepare()

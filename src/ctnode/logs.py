@@ -15,7 +15,6 @@ from typing import Any, TextIO
 
 import structlog
 
-from ctnode import config
 from ctnode.config import LogFormat, LoggingSettings
 
 IDENTIFIER_KEYS = frozenset({"patient_name", "patient_id", "PatientName", "PatientID"})
@@ -101,10 +100,3 @@ def _quiet_pynetdicom_identifiers(log_identifiers: bool) -> None:
 def get_logger(name: str) -> Any:
     """A structlog logger for *name*."""
     return structlog.stdlib.get_logger(name)
-
-
-# A short CLI command defers configuring logs until a module that logs is imported (importing
-# structlog is not free): that is now.
-if config.deferred_logging is not None:
-    configure_logging(config.deferred_logging)
-    config.deferred_logging = None

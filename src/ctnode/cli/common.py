@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from ctnode import config as config_module
 from ctnode.config import LoggingSettings, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -56,19 +54,16 @@ def notice(line: str) -> None:
 
 
 def settings_of(ctx: typer.Context, *, quiet_logs: bool = True) -> Settings:
-    """Load settings for a command (logs go to stderr at WARNING for short commands)."""
+    """Load settings for a command; with *quiet_logs* (short commands) logs go to stderr at
+    WARNING (DEBUG with ``CTNODE_DEBUG``). ``run`` configures its own logging; ``push`` passes
+    False because nothing on its path logs (structlog and rich cost a tenth of a second to
+    import; a test checks that push imports neither)."""
     settings = load_settings(state_of(ctx).config)
     if quiet_logs:
-        level = "DEBUG" if os.environ.get("CTNODE_DEBUG") else "WARNING"
-        quiet = LoggingSettings(level=level, format=settings.logging.format)
-        if "ctnode.logs" in sys.modules:
-            from ctnode.logs import configure_logging
+        from ctnode.logs import configure_logging
 
-            configure_logging(quiet)
-        else:
-            # structlog (with rich) takes a tenth of a second to import, and most commands
-            # never log: ctnode.logs applies this when (if) a module that logs is imported.
-            config_module.deferred_logging = quiet
+        level = "DEBUG" if os.environ.get("CTNODE_DEBUG") else "WARNING"
+        configure_logging(LoggingSettings(level=level, format=settings.logging.format))
     return settings
 
 

@@ -67,7 +67,7 @@ def push(
     """Queue a C-STORE of files, directories or a local study/series to PEER; prints the job id."""
     from ctnode.submit import submit_push
 
-    settings = settings_of(ctx)
+    settings = settings_of(ctx, quiet_logs=False)
     submission = submit_push(
         settings,
         peer=peer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -14,12 +15,18 @@ if TYPE_CHECKING:
     from ctnode.config import Settings
 
 
-def open_database(settings: Settings, *, migrate_sqlite: bool) -> Engine:
+def open_database(
+    settings: Settings,
+    *,
+    migrate_sqlite: bool,
+    on_migrated: Callable[[str | None, str | None], None] | None = None,
+) -> Engine:
     """Engine for the configured database, checked to be at the schema head.
 
-    SQLite is migrated automatically when *migrate_sqlite*; PostgreSQL never is (an operator
-    runs ``ctnode db upgrade``, so several nodes do not race to migrate). A database already at
-    head costs one query (Alembic is not even imported).
+    SQLite is migrated automatically when *migrate_sqlite* (then *on_migrated* is told the
+    revisions before and after, e.g. to log them); PostgreSQL never is (an operator runs
+    ``ctnode db upgrade``, so several nodes do not race to migrate). A database already at head
+    costs one query (Alembic is not even imported).
     """
     engine = create_db_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
     try:
@@ -29,11 +36,8 @@ def open_database(settings: Settings, *, migrate_sqlite: bool) -> Engine:
             before = migrate.current_revision(engine)
             migrate.upgrade(engine)
             after = migrate.current_revision(engine)
-            if after != before:
-                from ctnode.logs import get_logger
-
-                log = get_logger("ctnode.daemon")
-                log.info("db.migrated", from_revision=before, to_revision=after)
+            if after != before and on_migrated is not None:
+                on_migrated(before, after)
         elif not migrate.is_at_head(engine):
             engine.dispose()
             raise SchemaNotAtHead(
