@@ -3,9 +3,15 @@
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-07 19:20:00.000000
+
+``route_matches``: one row per instance and destination a route decided to forward it to,
+written at ingest with the instance's row.
 """
 
 from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
 
 revision = "0004"
 down_revision = "0003"
@@ -14,8 +20,44 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "route_matches",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("route", sa.String(length=64), nullable=False),
+        sa.Column("destination", sa.String(length=64), nullable=False),
+        sa.Column("sop_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column("study_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column("series_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column("trigger", sa.String(length=16), nullable=False),
+        sa.Column("stable_after", sa.Float(), nullable=False),
+        sa.Column("commit", sa.Boolean(), nullable=False),
+        sa.Column("node_name", sa.String(length=64), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("batch", sa.String(length=64), nullable=True),
+        sa.Column("job_id", sa.Integer(), nullable=True),
+        sa.Column("matched_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_route_matches")),
+        sa.UniqueConstraint(
+            "sop_instance_uid",
+            "destination",
+            name=op.f("uq_route_matches_sop_instance_uid_destination"),
+        ),
+    )
+    with op.batch_alter_table("route_matches", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_route_matches_study_instance_uid"), ["study_instance_uid"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_route_matches_batch"), ["batch"], unique=False)
+        batch_op.create_index(batch_op.f("ix_route_matches_job_id"), ["job_id"], unique=False)
+        batch_op.create_index("ix_route_matches_state_node", ["state", "node_name"], unique=False)
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("route_matches", schema=None) as batch_op:
+        batch_op.drop_index("ix_route_matches_state_node")
+        batch_op.drop_index(batch_op.f("ix_route_matches_job_id"))
+        batch_op.drop_index(batch_op.f("ix_route_matches_batch"))
+        batch_op.drop_index(batch_op.f("ix_route_matches_study_instance_uid"))
+    op.drop_table("route_matches")

@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -252,3 +253,41 @@ class IncomingCommitmentItem(Base):
     state: Mapped[str] = mapped_column(String(16))
     #: PS3.4 J.3.3 Failure Reason when failed (0x0110, 0x0112, 0x0119, ...).
     failure_reason: Mapped[int | None] = mapped_column(Integer)
+
+
+class RouteMatch(Base):
+    """A routing decision: one instance to forward to one destination by one route (issue 14).
+
+    Inserted at ingest in the same transaction as the instance's row (``storage.rows``); its
+    state is then written only by ``routing.forwarder``. At most one per instance and
+    destination: an instance reaches each destination once, whatever routes match it.
+    """
+
+    __tablename__ = "route_matches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    route: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    #: The route's trigger, stable_after and commit when it matched (the decision as made).
+    trigger: Mapped[str] = mapped_column(String(16))
+    stable_after: Mapped[float] = mapped_column(Float)
+    commit: Mapped[bool] = mapped_column(Boolean)
+    #: The node whose store holds the instance (its forwarder sends it).
+    node_name: Mapped[str] = mapped_column(String(64))
+    #: pending (waiting for its study/series to be stable), queued (in a forward job),
+    #: delivered, failed (``error`` says why)
+    state: Mapped[str] = mapped_column(String(16))
+    #: The forward that took it: a token written before the job exists, then the job's id.
+    batch: Mapped[str | None] = mapped_column(String(64), index=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    matched_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "destination"),
+        Index("ix_route_matches_state_node", "state", "node_name"),
+    )
