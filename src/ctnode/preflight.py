@@ -219,7 +219,7 @@ class Preflight:
         """C-MOVE of a study that cannot exist, to ctnode: does the peer refuse our AE?"""
         from pydicom.dataset import Dataset
 
-        from ctnode.scu.query import encode_identifier
+        from ctnode.scu.identifier import encode_identifier
 
         ours = peer.config.local_ae_title or self.node.ae_title
         identifier = Dataset()

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
     from ctnode.peers import OutboundService, Peer
     from ctnode.scu.files import Skipped
-    from ctnode.scu.move import MoveRequest
+    from ctnode.scu.move_request import MoveRequest
 
 #: Receives each line worth telling a user before the job is written, in order (a skipped
 #: file, a peer that may not send commitment reports); ``ctnode`` prints them on stderr.
@@ -307,7 +307,7 @@ def submit_query(
     *limit* matches are kept (then C-CANCEL). The peer must offer ``find``. The job's payload
     holds the level and the full key list (the level's default return keys added).
     """
-    from ctnode.scu.query import build_keys, query_payload
+    from ctnode.scu.query_keys import build_keys, query_payload
 
     target = outbound_peer(settings, peer, "find")
     final_level, query_keys = build_keys(level, keys)
@@ -333,7 +333,7 @@ def submit_move(
     repository: JobRepository | None = None,
     wake: bool = True,
 ) -> Submission:
-    """Queue a Study Root C-MOVE of *request* (``ctnode.scu.move.make_request``) from *peer*.
+    """Queue a Study Root C-MOVE of *request* (``scu.move_request.make_request``) from *peer*.
 
     The peer must offer ``move``. A move to this node (no destination, or node.ae_title) needs
     the peer to be allowed to store here (``store`` in its ``accept``, or

@@ -22,7 +22,7 @@ from ctnode.peers import load_peers
 from ctnode.queue.jobs import JobKind
 from ctnode.scu.association import params_for
 from ctnode.scu.echo import ECHO_CONTEXTS, echo
-from ctnode.scu.query import build_keys, query_payload
+from ctnode.scu.query_keys import build_keys, query_payload
 from tests.conformance.matrix_helpers import (
     CLAUSE,
     COMPRESSED,
@@ -284,7 +284,7 @@ def test_move(outbound: Outbound, server: str) -> None:
     """A Study Root C-MOVE of the study to ctnode itself: dcmqrscp's sub-operations (C-STORE
     on a new association to ctnode's SCP) deliver both instances, stored byte-identical to
     what dcmqrscp was given (PS3.4 C.4.2; the data set bytes are not changed on the way)."""
-    from ctnode.scu.move import make_request
+    from ctnode.scu.move_request import make_request
 
     job = outbound.run(JobKind.MOVE, server, make_request(outbound.qr_study).to_payload())
     assert job["state"] == "succeeded", _why(job)

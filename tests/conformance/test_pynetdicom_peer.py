@@ -31,7 +31,7 @@ from ctnode.peers import load_peers
 from ctnode.queue.jobs import JobKind
 from ctnode.scu.association import params_for
 from ctnode.scu.echo import ECHO_CONTEXTS, echo
-from ctnode.scu.query import build_keys, query_payload
+from ctnode.scu.query_keys import build_keys, query_payload
 from tests.conformance.matrix_helpers import (
     files_payload,
     find_instance,

@@ -80,7 +80,7 @@ def submit_push(node: CtnodeProcess, peer: str, *paths: Path) -> int:
 def submit_move(node: CtnodeProcess, peer: str, study: str) -> int:
     """Queue a C-MOVE of *study* from *peer* to the node itself as ``ctnode move --study``
     does, in-process; returns the job id."""
-    from ctnode.scu.move import make_request
+    from ctnode.scu.move_request import make_request
 
     settings = load_settings(node.config_path)
     target = load_peers(settings.peers_dir).get(peer)

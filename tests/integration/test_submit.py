@@ -19,8 +19,8 @@ from ctnode.queue.jobs import ItemOutcome, ItemState, JobKind
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.wakeup import decode
 from ctnode.scu.files import collect_files
-from ctnode.scu.move import make_request
-from ctnode.scu.query import QueryKey
+from ctnode.scu.move_request import make_request
+from ctnode.scu.query_keys import QueryKey
 from ctnode.submit import (
     submit_commit,
     submit_move,

@@ -13,16 +13,14 @@ from ctnode.errors import UsageError
 from ctnode.follow import _totals, describe
 from ctnode.queue.attempt import Outcome
 from ctnode.queue.jobs import ItemCounts, Job, JobKind, JobState
-from ctnode.scu.move import (
+from ctnode.scu.move_outcome import (
     Counts,
     MovePeer,
-    MoveRequest,
     classify_move,
     destination_unknown_message,
-    make_request,
     node_host,
-    request_from_cli,
 )
+from ctnode.scu.move_request import MoveRequest, make_request, request_from_cli
 from ctnode.ul.dimse import Command
 
 PEER = MovePeer(

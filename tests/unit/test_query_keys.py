@@ -8,21 +8,18 @@ from pydicom.dataset import Dataset
 from ctnode.dicom import status as st
 from ctnode.dicom.contexts import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from ctnode.errors import UsageError
-from ctnode.scu.query import (
+from ctnode.scu.identifier import decode_identifier, encode_identifier, to_dicom_json
+from ctnode.scu.query import find_meaning
+from ctnode.scu.query_keys import (
     DEFAULT_RETURN_KEYS,
     QueryKey,
     build_identifier,
     build_keys,
-    decode_identifier,
-    encode_identifier,
-    find_meaning,
-    json_cell,
     missing_upper_keys,
     parse_key,
     query_payload,
-    table,
-    to_dicom_json,
 )
+from ctnode.scu.query_table import json_cell, table
 
 
 def test_parse_keyword_tag_and_return_keys() -> None:

@@ -161,7 +161,8 @@ def query(
     """Find studies, series or instances on PEER (Study Root C-FIND), run as a job."""
     from ctnode.follow import follow
     from ctnode.queue.jobs import JobState
-    from ctnode.scu.query import QueryKey, table
+    from ctnode.scu.query_keys import QueryKey
+    from ctnode.scu.query_table import table
     from ctnode.submit import submit_query
 
     settings = settings_of(ctx)
@@ -217,7 +218,7 @@ def move(
     """Retrieve a study or series from PEER (Study Root C-MOVE) to this node or to --dest."""
     from ctnode.follow import describe, follow
     from ctnode.queue.jobs import JobState
-    from ctnode.scu.move import request_from_cli
+    from ctnode.scu.move_request import request_from_cli
     from ctnode.submit import submit_move
 
     request = request_from_cli(keys or [], study, series, dest)

@@ -16,7 +16,7 @@ from pydicom.multival import MultiValue
 
 from ctnode.dicom import matching as M
 from ctnode.dicom.contexts import PATIENT_ROOT_FIND, PATIENT_ROOT_GET, PATIENT_ROOT_MOVE
-from ctnode.scu.query import decode_identifier
+from ctnode.scu.identifier import decode_identifier
 
 QUERY_RETRIEVE_LEVEL = 0x00080052
 SPECIFIC_CHARACTER_SET = 0x00080005
