@@ -245,6 +245,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     database: DatabaseSettings = DatabaseSettings()
     peers_dir: Path = Path("/etc/ctnode/peers")
+    routes_dir: Path = Path("/etc/ctnode/routes")
     logging: LoggingSettings = LoggingSettings()
     queue: QueueSettings = QueueSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -289,10 +290,12 @@ def embedded_defaults(cwd: Path | None = None) -> dict[str, Any]:
     state = os.environ.get("STATE_DIRECTORY")
     data_dir = Path(state.split(":")[0]) if state else base / "var" / "ctnode"
     peers = base / "config" / "peers"
+    routes = base / "config" / "routes"
     return {
         "node": {"bind": "127.0.0.1", "accept_unknown_callers": True},
         "storage": {"data_dir": str(data_dir)},
         "peers_dir": str(peers),
+        "routes_dir": str(routes),
     }
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -49,6 +50,10 @@ from ctnode.queue.jobs import JobKind
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.wakeup import WakeListener
 from ctnode.queue.worker import WorkerPool
+from ctnode.routing.decisions import RouteHolder
+from ctnode.routing.forwarder import Forwarder
+from ctnode.routing.rules import load_routes
+from ctnode.routing.state import RouteCounts
 from ctnode.scp.handlers import QrHandler, ScpApplication
 from ctnode.scp.qr_find import FindService
 from ctnode.scp.qr_retrieve import RetrieveService
@@ -99,6 +104,8 @@ class Runtime:
     metrics: Metrics
     reconciler: Reconciler
     intake: Intake
+    routes: RouteHolder
+    forwarder: Forwarder
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -113,6 +120,7 @@ def build_runtime(settings: Settings) -> Runtime:
     registry = load_peers(settings.peers_dir)
     for warning in registry.warnings:
         log.warning("config.peer_warning", detail=warning)
+    routes = RouteHolder(load_routes(settings.routes_dir, registry), settings.node.name)
     tls = settings.node.tls
     tls_context = server_context(tls) if tls.enabled else None  # ConfigError before the database
     engine = open_database(
@@ -124,6 +132,7 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     sessions = session_factory(engine)
     store = Store(settings.storage, sessions, settings.node.name)
+    store.decisions = routes  # routing decisions are committed with each instance row
     recovered = store.prepare()
     if recovered:
         log.info("storage.spool_recovered", files=recovered)
@@ -154,6 +163,7 @@ def build_runtime(settings: Settings) -> Runtime:
         on_stored=moves.note,
         action_handler=intake.on_action,
         qr_handlers=qr_handlers(settings, engine, store, peers, metrics),
+        is_retrieval=moves.owns,
     )
     server = ScpServer(settings.node, app, peers, tls_context=tls_context)
     push = PushOperation(
@@ -183,6 +193,9 @@ def build_runtime(settings: Settings) -> Runtime:
             incoming.counts,
         )
     )
+    forwarder = Forwarder(settings, engine, repo, peers)
+    counts = RouteCounts(engine)
+    metrics.add_collector(counts.collector())
     return Runtime(
         settings,
         engine,
@@ -196,7 +209,22 @@ def build_runtime(settings: Settings) -> Runtime:
         metrics,
         reconciler,
         intake,
+        routes,
+        forwarder,
     )
+
+
+def _reload_routes(runtime: Runtime, registry: PeerRegistry) -> Callable[[], None]:
+    """Load the routes against the reloaded peers (ConfigError refuses the whole reload) and
+    return how to install them."""
+    routes = load_routes(runtime.settings.routes_dir, registry)
+
+    def install() -> None:
+        kept = len(runtime.routes())
+        runtime.routes.replace(routes)
+        log.info("route.reloaded", routes=len(routes), previous_routes=kept)
+
+    return install
 
 
 def _recover_reports(runtime: Runtime) -> None:
@@ -303,6 +331,7 @@ async def supervise(
         peers_required=not settings.is_embedded_default,
         reload=reload or asyncio.Event(),
         queue_figures=lambda: queue_figures(runtime.repo),
+        also_reload=lambda registry: _reload_routes(runtime, registry),
     )
     # Fixed-size pools, started in full now: the thread count is constant once ready.
     io_pool = ThreadPoolExecutor(settings.queue.workers + 4, thread_name_prefix="io")
@@ -340,8 +369,10 @@ async def supervise(
 
     runtime.reconciler.notify = notify
     runtime.intake.notify = notify
+    runtime.forwarder.notify = notify
     await asyncio.to_thread(_recover_reports, runtime)
     workers = asyncio.create_task(runtime.workers.run(stop_workers), name="workers")
+    forwarding = asyncio.create_task(runtime.forwarder.run(stop_workers), name="forwarder")
     supervisor.ready()
     supervision = asyncio.create_task(supervisor.run(stop), name="supervisor")
     await stop.wait()
@@ -359,6 +390,8 @@ async def supervise(
     if not idle:
         log.warning("daemon.grace_expired", aborted=runtime.server.active)
         await asyncio.to_thread(runtime.server.abort_all)
+    with contextlib.suppress(Exception):
+        await forwarding
     try:
         await asyncio.wait_for(workers, settings.node.shutdown_grace)
     except TimeoutError:

@@ -116,6 +116,22 @@ class MoveRegistry:
             candidates = [t for t in self._active.values() if t.peer_ae == storing_ae]
             return candidates[0] if len(candidates) == 1 else None
 
+    def owns(self, info: Any, cmd: dimse.Command) -> bool:
+        """True if a C-STORE arriving on *info* belongs to one of this process's moves (the
+        receive path asks before storing: routes skip retrieved instances by default)."""
+        if not self._active:
+            return False
+        originator = cmd.get("MoveOriginatorMessageID")
+        originator_ae = cmd.get("MoveOriginatorApplicationEntityTitle")
+        return (
+            self.match(
+                str(getattr(info, "calling_ae", "")),
+                originator_ae if isinstance(originator_ae, str) else None,
+                originator if isinstance(originator, int) else None,
+            )
+            is not None
+        )
+
     def note(self, info: Any, cmd: dimse.Command, outcome: str) -> None:
         """SCP hook: a C-STORE on association *info* was answered with success."""
         originator = cmd.get("MoveOriginatorMessageID")

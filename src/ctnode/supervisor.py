@@ -250,6 +250,7 @@ class Supervisor:
         peers_required: bool,
         reload: asyncio.Event,
         queue_figures: Callable[[], Awaitable[QueueFigures | None]] | None = None,
+        also_reload: Callable[[PeerRegistry], Callable[[], None]] | None = None,
         status_interval: float = STATUS_INTERVAL,
         db_timeout: float = DB_PROBE_TIMEOUT,
         scp_max_silence: float = SCP_MAX_SILENCE,
@@ -261,6 +262,9 @@ class Supervisor:
         self.peers_required = peers_required
         self.reload_requested = reload
         self.queue_figures = queue_figures
+        #: Validates what is reloaded with the peers (routes) against the new registry and
+        #: returns how to install it; a ConfigError refuses the whole reload.
+        self.also_reload = also_reload
         self.scp_max_silence = scp_max_silence
         watchdog = notifier.watchdog_interval()
         #: Seconds between ticks: half the watchdog interval, as sd_watchdog_enabled(3) advises.
@@ -359,6 +363,15 @@ class Supervisor:
         self.notifier.reloading()
         kept = len(self.peers())
         loaded = await self._load_peers()
+        install: Callable[[], None] | None = None
+        if not isinstance(loaded, ConfigError) and self.also_reload is not None:
+            try:
+                install = await asyncio.to_thread(self.also_reload, loaded)
+            except ConfigError as exc:
+                loaded = exc
+            except Exception as exc:  # a bug: keep serving with the old configuration
+                log.exception("config.reload_crashed", error=_first_line(exc))
+                loaded = ConfigError(_first_line(exc))
         if isinstance(loaded, ConfigError):
             log.error(
                 "config.reload_failed",
@@ -372,6 +385,8 @@ class Supervisor:
             for warning in loaded.warnings:
                 log.warning("config.peer_warning", detail=warning)
             self.peers.replace(loaded)
+            if install is not None:
+                install()
             log.info(
                 "config.reloaded",
                 peers_dir=str(self.peers_dir),

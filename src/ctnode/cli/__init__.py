@@ -2,8 +2,8 @@
 0 ok, 1 runtime failure, 2 usage or configuration error. ``--json`` output is a contract.
 
 This module wires the commands (one module per group: ``node``, ``data``, ``send``, ``peers``,
-``jobs``) into the Typer app, in the order ``ctnode --help`` lists them, and holds the entry
-point. The console script is ``ctnode.cli:entry``.
+``jobs``, ``routes``) into the Typer app, in the order ``ctnode --help`` lists them, and holds
+the entry point. The console script is ``ctnode.cli:entry``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from ctnode.cli import commitments, data, jobs, node, peers, send
+from ctnode.cli import commitments, data, jobs, node, peers, routes, send
 from ctnode.cli.common import State
 from ctnode.errors import ConfigError, CtnodeError
 
@@ -32,6 +32,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect and validate the co
 db_app = typer.Typer(no_args_is_help=True, help="Database schema management.")
 peers_app = typer.Typer(no_args_is_help=True, help="List peers and check them before use.")
 jobs_app = typer.Typer(no_args_is_help=True, help="List, inspect, retry and cancel jobs.")
+routes_app = typer.Typer(no_args_is_help=True, help="Routes: list, dry-run on files, replay.")
 commitments_app = typer.Typer(
     invoke_without_command=True, help="Storage commitment requests peers sent us."
 )
@@ -58,6 +59,10 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(peers_app, name="peers")
 app.add_typer(jobs_app, name="jobs")
+routes_app.command("list")(routes.routes_list)
+routes_app.command("test")(routes.routes_test)
+routes_app.command("replay")(routes.routes_replay)
+app.add_typer(routes_app, name="routes")
 commitments_app.callback()(commitments.commitments_list)
 commitments_app.command("show")(commitments.commitments_show)
 app.add_typer(commitments_app, name="commitments")

@@ -30,16 +30,38 @@ def _with_session(settings: Settings, work: Callable[[Session], T]) -> T:
 
 
 def studies(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List the studies in the local store."""
+    """List the studies in the local store, with each one's routing state per destination."""
     from ctnode.index import list_studies
+    from ctnode.routing.state import study_routes
 
     settings = settings_of(ctx)
-    found = _with_session(settings, list_studies)
+
+    def read(session: Session) -> tuple[list[Any], dict[str, list[Any]]]:
+        found = list_studies(session)
+        return found, study_routes(session, [s.study_instance_uid for s in found])
+
+    found, routing = _with_session(settings, read)
     if as_json:
-        emit_json([s.to_json() for s in found])
+        emit_json(
+            [
+                {
+                    **s.to_json(),
+                    "routes": [r.to_json() for r in routing.get(s.study_instance_uid, [])],
+                }
+                for s in found
+            ]
+        )
         return
     print_table(
-        ["STUDY INSTANCE UID", "PATIENT ID", "DATE", "MODALITIES", "SERIES", "INSTANCES"],
+        [
+            "STUDY INSTANCE UID",
+            "PATIENT ID",
+            "DATE",
+            "MODALITIES",
+            "SERIES",
+            "INSTANCES",
+            "ROUTING",
+        ],
         [
             [
                 s.study_instance_uid,
@@ -48,6 +70,7 @@ def studies(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                 ",".join(s.modalities),
                 s.series,
                 s.instances,
+                "; ".join(r.text() for r in routing.get(s.study_instance_uid, [])) or "-",
             ]
             for s in found
         ],

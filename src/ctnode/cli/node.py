@@ -84,7 +84,8 @@ def echo(
 
 
 def config_check(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Validate the configuration and every peer file; list every problem (exit 2 if any)."""
+    """Validate the configuration, every peer file and every route file; list every problem
+    (exit 2 if any)."""
     from ctnode.peers import load_peers
 
     problems: list[str] = []
@@ -103,9 +104,14 @@ def config_check(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         except ConfigError as exc:
             problems.extend(exc.problems or [str(exc)])
         else:
+            from ctnode.routing.rules import load_routes
             from ctnode.tls import configuration_problems
 
             problems.extend(configuration_problems(settings.node.tls, registry))
+            try:
+                load_routes(settings.routes_dir, registry)
+            except ConfigError as exc:
+                problems.extend(exc.problems or [str(exc)])
     source = str(settings.source_file) if settings and settings.source_file else "embedded default"
     if as_json:
         emit_json(

@@ -29,6 +29,8 @@ def job_report(repo: JobRepository, job_id: int) -> dict[str, Any]:
     }
     if job.kind is JobKind.COMMIT:
         report["commitment"] = commitment_report(repo, job_id)
+    if "route" in job.payload:  # a forward of a route (routing), or its commitment
+        report["route"] = job.payload["route"]
     return report
 
 

@@ -223,6 +223,7 @@ class ScpApplication:
         on_stored: StoredHook | None = None,
         qr_handlers: dict[Service, QrHandler] | None = None,
         action_handler: ActionHandler | None = None,
+        is_retrieval: Callable[[AssociationInfo, dimse.Command], bool] | None = None,
     ) -> None:
         self.node = node
         self.store = store
@@ -235,6 +236,8 @@ class ScpApplication:
         self.qr_handlers = dict(qr_handlers or {})
         #: Storage commitment requests (N-ACTION) peers send us.
         self.action_handler = action_handler
+        #: True for a C-STORE that is a sub-operation of one of our own moves (routing skips it).
+        self.is_retrieval = is_retrieval
 
     # -- association -------------------------------------------------------------------
 
@@ -343,6 +346,7 @@ class ScpApplication:
             transfer_syntax_uid=ctx.transfer_syntax,
             calling_ae=info.calling_ae,
             source_address=info.address,
+            retrieved=self.is_retrieval is not None and self.is_retrieval(info, cmd),
         )
         try:
             reception = self.store.receive(request)

@@ -460,7 +460,12 @@ def commit_after_push(settings: Settings, repo: JobRepository) -> Callable[[Atte
         job, created = repo.submit(
             JobKind.COMMIT,
             peer.name,
-            {"source": "push", "push_job": push_job.id},
+            {
+                "source": "push",
+                "push_job": push_job.id,
+                # a forward's commitment belongs to its route (jobs show --json)
+                **({"route": push_job.payload["route"]} if "route" in push_job.payload else {}),
+            },
             items,
             policy=commit_policy(settings, peer),
             priority=push_job.priority,

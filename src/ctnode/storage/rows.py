@@ -11,18 +11,19 @@ import threading
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.charset import convert_encodings, decode_bytes
 from sqlalchemy import Engine, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from ctnode.db.engine import READ_ONLY
-from ctnode.db.models import Instance
+from ctnode.db.models import Instance, RouteMatch
 from ctnode.db.types import utcnow
 from ctnode.dicom import scan as tags
 from ctnode.dicom.scan import ScanResult
 from ctnode.storage.spool import SpoolFile
+from ctnode.storage.values import StoreRequest
 
 _INSTANCES = Instance.__table__
 assert isinstance(_INSTANCES, Table)
@@ -35,6 +36,10 @@ _SELECT_EXISTING = select(
     _INSTANCES.c.series_instance_uid,
 ).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
 _INSERT_INSTANCE = insert(_INSTANCES)
+_ROUTE_MATCHES = RouteMatch.__table__
+assert isinstance(_ROUTE_MATCHES, Table)
+#: Routing decisions, inserted with the instance rows they belong to (``Decisions``).
+_INSERT_ROUTE_MATCHES = insert(_ROUTE_MATCHES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +175,22 @@ def row_values(spool: SpoolFile, scan: ScanResult, rel: str, node_name: str) -> 
     }
 
 
+class Decisions(Protocol):
+    """Rows decided at ingest and committed with the instance's row (routing: ``route_matches``
+    rows, see ``ctnode.routing.decisions``): a crash after the Success cannot lose them."""
+
+    @property
+    def wanted(self) -> frozenset[int]:
+        """The top-level tags the scan must extract (the index's and the decisions')."""
+
+    def decide(self, request: StoreRequest, scan: ScanResult) -> list[dict[str, Any]]:
+        """The ``route_matches`` rows of a new instance (usually none); must not raise."""
+
+
 @dataclass(slots=True)
 class _PendingRow:
     values: dict[str, Any]
+    decided: list[dict[str, Any]]
     done: bool = False
     error: BaseException | None = None
 
@@ -193,9 +211,10 @@ class GroupCommit:
         self._queue: list[_PendingRow] = []
         self._busy = False
 
-    def insert(self, values: dict[str, Any]) -> None:
-        """Insert one row and commit it (durably, as the engine commits)."""
-        mine = _PendingRow(values)
+    def insert(self, values: dict[str, Any], decided: list[dict[str, Any]] | None = None) -> None:
+        """Insert one row (and its *decided* ``route_matches`` rows) and commit it (durably,
+        as the engine commits)."""
+        mine = _PendingRow(values, decided or [])
         with self._cond:
             self._queue.append(mine)
             while self._busy and not mine.done:
@@ -234,3 +253,6 @@ class GroupCommit:
     def _transaction(self, rows: list[_PendingRow]) -> None:
         with self.engine.begin() as conn:
             conn.execute(_INSERT_INSTANCE, [row.values for row in rows])
+            decided = [values for row in rows for values in row.decided]
+            if decided:
+                conn.execute(_INSERT_ROUTE_MATCHES, decided)

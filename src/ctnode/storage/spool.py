@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ctnode.dicom.contexts import DEFLATED_EXPLICIT_VR_LE, is_explicit_vr
 from ctnode.dicom.filemeta import file_meta
-from ctnode.dicom.scan import DatasetError, ScanResult, scan_dataset
+from ctnode.dicom.scan import INDEX_TAGS, DatasetError, ScanResult, scan_dataset
 from ctnode.storage.values import StoreRequest
 
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
@@ -113,7 +113,7 @@ class SpoolFile:
         self.size += len(data)
         self._write_all(data)
 
-    def scan(self, max_inflated: int) -> ScanResult:
+    def scan(self, max_inflated: int, wanted: frozenset[int] = INDEX_TAGS) -> ScanResult:
         """Walk the data set and hash it through a read-only memory map of the file (no copy).
 
         Sets ``sha256`` when the walk succeeds; raises ``DatasetError`` (or a subclass) when it
@@ -135,6 +135,7 @@ class SpoolFile:
                         explicit_vr=is_explicit_vr(self.request.transfer_syntax_uid),
                         deflated=self.request.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE,
                         max_inflated=max_inflated,
+                        wanted=wanted,
                     )
                 except DatasetError as exc:
                     # Re-raised below without its traceback, whose frames still reference

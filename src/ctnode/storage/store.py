@@ -10,7 +10,8 @@ file through a ``Reception`` (``Store.receive``); once complete, ``Store`` inges
 3. hard-links it to ``store/<Study>/<Series>/<SOPInstance>.dcm`` (via a temporary name in the
    spool and an atomic rename), and ``fsync``\\ s the directory (and any directory it had to
    create);
-4. commits the index row (rows of concurrent associations share a transaction: ``GroupCommit``);
+4. commits the index row (rows of concurrent associations share a transaction: ``GroupCommit``)
+   with the routing decisions made for it (``Decisions``: ``route_matches`` rows);
 
 and only then answers Success. The spool link is removed afterwards. A crash at any point leaves
 either nothing in ``store/`` or a spool file that ``recovery.recover_spool`` (run at start-up)
@@ -44,7 +45,7 @@ from ctnode.logs import get_logger
 from ctnode.storage.paths import SPOOL_SUFFIX, contained_path, instance_relpath, quarantine_name
 from ctnode.storage.reception import Reception
 from ctnode.storage.recovery import recover_spool
-from ctnode.storage.rows import ExistingRow, GroupCommit, find_existing, row_values
+from ctnode.storage.rows import Decisions, ExistingRow, GroupCommit, find_existing, row_values
 from ctnode.storage.spool import SpoolFile, fsync_dir, start_writeback
 from ctnode.storage.values import (
     IngestResult,
@@ -76,6 +77,8 @@ class Store:
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
         self._uid_locks = [threading.Lock() for _ in range(64)]
+        #: Rows decided at ingest with each new instance (routing); set by the daemon.
+        self.decisions: Decisions | None = None
 
     # -- start-up -------------------------------------------------------------------
 
@@ -113,8 +116,12 @@ class Store:
         request = spool.request
         # The data goes to the disk while this thread walks and hashes it (from the page cache).
         start_writeback(spool.fd)
+        decisions = self.decisions
         try:
-            scan = spool.scan(int(self.settings.max_instance_bytes))
+            scan = spool.scan(
+                int(self.settings.max_instance_bytes),
+                tags.INDEX_TAGS if decisions is None else decisions.wanted,
+            )
         except DatasetTooDeep as exc:
             return refused(status.CANNOT_UNDERSTAND, str(exc))
         except DatasetTooLarge as exc:
@@ -216,8 +223,10 @@ class Store:
             self._link_into_store(spool, target)
         except OSError as exc:
             return refused_for_os_error(exc)
+        decisions = self.decisions
+        decided = None if decisions is None else decisions.decide(spool.request, scan)
         try:
-            self.index.insert(row_values(spool, scan, rel, self.node_name))
+            self.index.insert(row_values(spool, scan, rel, self.node_name), decided)
         except IntegrityError:
             # Another node stored the same instance between our check and our insert.
             self._unlink_from_store(target)

@@ -17,6 +17,8 @@ class StoreRequest:
     transfer_syntax_uid: str
     calling_ae: str | None = None
     source_address: str | None = None
+    #: A sub-operation of one of this node's own move jobs (routes skip it by default).
+    retrieved: bool = False
 
 
 @dataclass(frozen=True, slots=True)

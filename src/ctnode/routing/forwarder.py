@@ -1,0 +1,422 @@
+"""Forwarding: pending routing decisions become push jobs once their study/series is stable, and
+the jobs' item outcomes become delivery states.
+
+One pass (``Forwarder.step``, run off the event loop about once a second) does three things:
+
+1. **Recover**: rows taken into a forward whose job was not yet written (a crash between the two
+   steps below) get their job now; the idempotency key is the batch token, so a job written
+   just before the crash is found, not duplicated.
+2. **Dispatch**: pending rows are grouped by route and destination, and by study (``trigger:
+   study``) or series (``series``); a group is ready once its newest match is ``stable_after``
+   seconds old (``instance``: once its oldest is ``INSTANCE_WINDOW`` old, so instances arriving
+   together share one association). A ready group is taken in one statement (state ``queued``,
+   a new batch token; only rows still pending, so two nodes never take the same row), then
+   submitted as one push job (``route`` in its payload; ``commit`` makes it push then commit),
+   then the job's id is written on the rows.
+3. **Reconcile**: rows of forward jobs that ended become ``delivered`` or ``failed`` (with the
+   item's error), per instance.
+
+Exactly once per instance and destination: a row exists once per (instance, destination) and
+is taken by one batch; a push job that resumes after ``kill -9`` may resend the instances whose
+outcome was not yet recorded (bounded by the push's outcome batch). Times are this host's clock
+(``matched_at`` was written by this node's receive path, and each node forwards only what its
+own store holds unless ``storage.shared``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from ctnode.config import Settings
+from ctnode.db.engine import session_factory
+from ctnode.db.models import Instance, JobItem, RouteMatch
+from ctnode.db.models import Job as JobRow
+from ctnode.db.types import utcnow
+from ctnode.logs import get_logger
+from ctnode.peers import PeerRegistry
+from ctnode.queue.jobs import JobKind, NewItem
+from ctnode.queue.repository import JobRepository
+from ctnode.queue.retry import RetryPolicy
+from ctnode.routing.decisions import PENDING
+
+log = get_logger("ctnode.routing")
+
+QUEUED = "queued"
+DELIVERED = "delivered"
+FAILED = "failed"
+#: At most this many instances per forward job (a bigger group goes in several).
+MAX_JOB_ITEMS = 5000
+_DONE_JOB_STATES = ("succeeded", "failed", "cancelled")
+_DELIVERED_ITEMS = ("succeeded", "warning")
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Pending matches forwarded together."""
+
+    route: str
+    destination: str
+    trigger: str
+    study: str | None
+    series: str | None
+    commit: bool
+    count: int
+    #: Newest and oldest match, and the quiet time the route asked for.
+    newest: datetime
+    oldest: datetime
+    stable_after: float
+
+    def ready(self, now: datetime) -> bool:
+        """Stable (study/series) or gathered long enough (instance)."""
+        since = self.oldest if self.trigger == "instance" else self.newest
+        return since <= now - timedelta(seconds=self.stable_after)
+
+    def log_context(self) -> dict[str, Any]:
+        """Fields of the group's log lines (UIDs, no patient data)."""
+        fields: dict[str, Any] = {"route": self.route, "destination": self.destination}
+        if self.study:
+            fields["study_instance_uid"] = self.study
+        if self.series:
+            fields["series_instance_uid"] = self.series
+        return fields
+
+
+def group_pending(rows: Sequence[Any]) -> list[Group]:
+    """Merge per-(study, series) aggregates into forward groups by the rows' trigger."""
+    merged: dict[tuple[Any, ...], Group] = {}
+    for row in rows:
+        trigger = row.trigger
+        study = None if trigger == "instance" else row.study_instance_uid
+        series = row.series_instance_uid if trigger == "series" else None
+        key = (row.route, row.destination, trigger, study, series, bool(row.commit))
+        old = merged.get(key)
+        if old is None:
+            merged[key] = Group(
+                row.route,
+                row.destination,
+                trigger,
+                study,
+                series,
+                bool(row.commit),
+                int(row.count),
+                row.newest,
+                row.oldest,
+                float(row.stable_after),
+            )
+        else:
+            merged[key] = Group(
+                old.route,
+                old.destination,
+                trigger,
+                study,
+                series,
+                old.commit,
+                old.count + int(row.count),
+                max(old.newest, row.newest),
+                min(old.oldest, row.oldest),
+                max(old.stable_after, float(row.stable_after)),
+            )
+    return sorted(merged.values(), key=lambda g: g.oldest)
+
+
+class Forwarder:
+    """Stable detection, forward jobs and delivery states for this node's routing decisions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        repo: JobRepository,
+        peers: Callable[[], PeerRegistry],
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sessions = session_factory(engine)
+        self.repo = repo
+        self.peers = peers
+        self.interval = interval
+        self.clock = clock
+        self.node_name = settings.node.name
+        self.shared = settings.storage.shared
+        self.store_dir: Path = settings.storage.store_dir.absolute()
+        #: Called (from the forwarder's thread) when jobs were submitted: wake the workers.
+        self.notify: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ one pass
+
+    def _mine(self) -> ColumnElement[bool]:
+        if self.shared:
+            return RouteMatch.id.is_not(None)
+        return RouteMatch.node_name == self.node_name
+
+    def step(self) -> int:
+        """Recover, dispatch ready groups, reconcile ended jobs; returns jobs submitted."""
+        submitted = self.recover()
+        now = self.clock()
+        for group in self.pending_groups():
+            if group.ready(now):
+                submitted += self.dispatch(group)
+        self.reconcile()
+        if submitted and self.notify is not None:
+            self.notify()
+        return submitted
+
+    def pending_groups(self) -> list[Group]:
+        """Pending matches, grouped by route, destination, study and series."""
+        rm = RouteMatch
+        query = (
+            select(
+                rm.route,
+                rm.destination,
+                rm.trigger,
+                rm.study_instance_uid,
+                rm.series_instance_uid,
+                rm.commit,
+                func.count().label("count"),
+                func.max(rm.matched_at).label("newest"),
+                func.min(rm.matched_at).label("oldest"),
+                func.max(rm.stable_after).label("stable_after"),
+            )
+            .where(rm.state == PENDING, self._mine())
+            .group_by(
+                rm.route,
+                rm.destination,
+                rm.trigger,
+                rm.study_instance_uid,
+                rm.series_instance_uid,
+                rm.commit,
+            )
+        )
+        with self.sessions() as session:
+            rows = session.execute(query).all()
+        return group_pending(rows)
+
+    def _group_filter(self, group: Group) -> list[ColumnElement[bool]]:
+        rm = RouteMatch
+        out = [
+            rm.state == PENDING,
+            self._mine(),
+            rm.route == group.route,
+            rm.destination == group.destination,
+            rm.trigger == group.trigger,
+            rm.commit == group.commit,
+        ]
+        if group.study is not None:
+            out.append(rm.study_instance_uid == group.study)
+        if group.series is not None:
+            out.append(rm.series_instance_uid == group.series)
+        return out
+
+    def dispatch(self, group: Group) -> int:
+        """Take the group's pending rows into batches and submit a job for each."""
+        submitted = 0
+        while True:
+            token = uuid.uuid4().hex
+            with self.sessions() as session:
+                ids = list(
+                    session.scalars(
+                        select(RouteMatch.id)
+                        .where(*self._group_filter(group))
+                        .order_by(RouteMatch.id)
+                        .limit(MAX_JOB_ITEMS)
+                    )
+                )
+                if not ids:
+                    return submitted
+                taken = session.execute(
+                    update(RouteMatch)
+                    .where(RouteMatch.id.in_(ids), RouteMatch.state == PENDING)
+                    .values(state=QUEUED, batch=token, updated_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                ).rowcount  # type: ignore[attr-defined]
+                session.commit()
+            if taken:
+                submitted += self._submit(token)
+            if len(ids) < MAX_JOB_ITEMS:
+                return submitted
+
+    def recover(self) -> int:
+        """Submit the jobs of batches taken before a crash (idempotent on the batch token)."""
+        with self.sessions() as session:
+            tokens = list(
+                session.scalars(
+                    select(RouteMatch.batch)
+                    .where(
+                        RouteMatch.state == QUEUED,
+                        RouteMatch.job_id.is_(None),
+                        RouteMatch.batch.is_not(None),
+                        self._mine(),
+                    )
+                    .distinct()
+                )
+            )
+        return sum(self._submit(token) for token in tokens if token)
+
+    def _fail(self, session: Session, where: Sequence[ColumnElement[bool]], error: str) -> None:
+        session.execute(
+            update(RouteMatch)
+            .where(*where)
+            .values(state=FAILED, error=error, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+
+    def _submit(self, token: str) -> int:
+        """Write the push job of batch *token* and note its id on the rows; 1 if a job exists."""
+        rm = RouteMatch
+        with self.sessions() as session:
+            rows = session.execute(
+                select(rm, Instance)
+                .join(Instance, Instance.sop_instance_uid == rm.sop_instance_uid, isouter=True)
+                .where(rm.batch == token, rm.state == QUEUED)
+                .order_by(Instance.series_instance_uid, Instance.instance_number, rm.id)
+            ).all()
+            if not rows:
+                return 0
+            first: RouteMatch = rows[0][0]
+            context = {"route": first.route, "destination": first.destination}
+            peer = self.peers().peers.get(first.destination)
+            if peer is None or "store" not in peer.config.services:
+                why = f"peer {first.destination!r} is not configured (or does not offer store)"
+                self._fail(session, [rm.batch == token, rm.state == QUEUED], why)
+                session.commit()
+                log.warning("route.forward_failed", **context, reason=why)
+                return 0
+            gone = [m.id for m, inst in rows if inst is None or inst.deleted_at is not None]
+            if gone:
+                self._fail(
+                    session, [rm.id.in_(gone)], "removed from the store before it was forwarded"
+                )
+                session.commit()
+            items = [
+                NewItem(
+                    inst.sop_class_uid,
+                    inst.sop_instance_uid,
+                    inst.transfer_syntax_uid,
+                    str(self.store_dir / inst.path),
+                )
+                for m, inst in rows
+                if inst is not None and inst.deleted_at is None
+            ]
+        if not items:
+            return 0
+        studies = sorted({m.study_instance_uid for m, _ in rows})
+        payload: dict[str, Any] = {
+            "source": "route",
+            "route": first.route,
+            "study": studies[0] if len(studies) == 1 else None,
+            "series": first.series_instance_uid if first.trigger == "series" else None,
+        }
+        if first.commit:
+            payload["commit"] = True
+        policy = RetryPolicy.from_settings(peer.config.retry or self.settings.queue.retry)
+        job, created = self.repo.submit(
+            JobKind.PUSH,
+            first.destination,
+            payload,
+            items,
+            policy=policy,
+            node_name=None if self.shared else self.node_name,
+            idempotency_key=f"route-{token}",
+        )
+        with self.sessions() as session:
+            session.execute(
+                update(rm)
+                .where(rm.batch == token, rm.state == QUEUED)
+                .values(job_id=job.id, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+        if created:
+            log.info(
+                "route.forward_submitted",
+                **context,
+                study_instance_uid=payload["study"],
+                studies=len(studies),
+                job_id=job.id,
+                instances=len(items),
+                commit=bool(first.commit),
+            )
+        return 1
+
+    def reconcile(self, limit: int = 20000) -> int:
+        """Rows of forward jobs that ended: delivered or failed per their item; returns how many
+        rows changed. Failed rows of a job that later succeeded (``jobs retry``) are updated too."""
+        rm = RouteMatch
+        query = (
+            select(rm.id, rm.route, rm.destination, rm.job_id, JobItem.state, JobItem.error)
+            .add_columns(JobRow.last_error, rm.state.label("row_state"))
+            .join(JobRow, JobRow.id == rm.job_id)
+            .join(
+                JobItem,
+                and_(JobItem.job_id == rm.job_id, JobItem.sop_instance_uid == rm.sop_instance_uid),
+                isouter=True,
+            )
+            .where(
+                self._mine(),
+                JobRow.state.in_(_DONE_JOB_STATES),
+                or_(
+                    rm.state == QUEUED,
+                    and_(rm.state == FAILED, JobRow.finished_at > rm.updated_at),
+                ),
+            )
+            .limit(limit)
+        )
+        with self.sessions() as session:
+            rows = session.execute(query).all()
+            if not rows:
+                return 0
+            delivered = [r.id for r in rows if r.state in _DELIVERED_ITEMS]
+            failed = [r for r in rows if r.state not in _DELIVERED_ITEMS]
+            now = utcnow()
+            for start in range(0, len(delivered), 500):
+                session.execute(
+                    update(rm)
+                    .where(rm.id.in_(delivered[start : start + 500]))
+                    .values(state=DELIVERED, error=None, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            for row in failed:
+                error = row.error or row.last_error or "the forward job ended without sending it"
+                session.execute(
+                    update(rm)
+                    .where(rm.id == row.id)
+                    .values(state=FAILED, error=error[:2000], updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            session.commit()
+        by_job: dict[tuple[str, str, int], list[int]] = {}
+        for r in rows:
+            counts = by_job.setdefault((r.route, r.destination, r.job_id), [0, 0])
+            counts[0 if r.state in _DELIVERED_ITEMS else 1] += 1
+        for (route, destination, job_id), (ok, bad) in by_job.items():
+            event = "route.forward_done" if not bad else "route.forward_failed"
+            emit = log.info if not bad else log.warning
+            fields = {"route": route, "destination": destination, "job_id": job_id}
+            emit(event, **fields, delivered=ok, failed=bad)
+        return len(rows)
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """A pass every ``interval`` seconds until *stop*; a failed pass is logged, not raised."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.step)
+            except Exception as exc:
+                log.warning("route.pass_failed", error=str(exc).splitlines()[0] or repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval)
