@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ctnode import __version__
-from ctnode.cli.common import JsonOpt, emit_json, fail, open_repo, settings_of, state_of
+from ctnode.cli.common import (
+    JsonOpt,
+    emit_json,
+    fail,
+    notice,
+    open_repo,
+    settings_of,
+    state_of,
+)
 from ctnode.config import Settings, load_settings
 from ctnode.errors import (
     AssociationAborted,
@@ -17,6 +25,11 @@ from ctnode.errors import (
     PeerUnreachable,
     PermanentError,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from ctnode.storage.backfill import BackfillReport
 
 
 def version() -> None:
@@ -139,25 +152,94 @@ def config_check(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         raise typer.Exit(2)
 
 
-def db_upgrade(ctx: typer.Context) -> None:
-    """Apply database migrations up to the current version."""
+def db_upgrade(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Apply database migrations up to the current version, then fill the index columns of
+    instances stored before them from their files (Ctrl-C stops it; run again to continue)."""
     from ctnode.db import migrate
     from ctnode.db.engine import create_db_engine
 
     settings = settings_of(ctx)
     engine = create_db_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
     try:
-        before = migrate.current_revision(engine)
-        migrate.upgrade(engine)
-        after = migrate.current_revision(engine)
-    except Exception as exc:
-        fail(
-            f"migration failed on {engine.url.render_as_string(hide_password=True)}: "
-            f"{str(exc).splitlines()[0]}"
-        )
+        try:
+            before = migrate.current_revision(engine)
+            migrate.upgrade(engine)
+            after = migrate.current_revision(engine)
+        except Exception as exc:
+            fail(
+                f"migration failed on {engine.url.render_as_string(hide_password=True)}: "
+                f"{str(exc).splitlines()[0]}"
+            )
+        if not as_json:
+            typer.echo(f"database at revision {after} (was {before})")
+        report = _backfill_index(settings, engine, quiet=as_json)
     finally:
         engine.dispose()
-    typer.echo(f"database at revision {after} (was {before})")
+    if as_json:
+        emit_json({"revision": after, "was": before, "backfill": report})
+
+
+def _backfill_index(settings: Settings, engine: Engine, *, quiet: bool) -> dict[str, Any]:
+    """Fill the rows stored before the current index version (``storage.backfill``), with a
+    progress bar on a terminal; exit 130 with what is left on Ctrl-C."""
+    import sys
+
+    from ctnode.storage.backfill import Backfill
+
+    backfill = Backfill(
+        engine,
+        settings.storage.store_dir,
+        settings.node.name,
+        shared=settings.storage.shared,
+    )
+    report = backfill.report
+    try:
+        pending = backfill.count()
+        if pending and not quiet and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            with Progress(
+                TextColumn("back-filling the index"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            ) as bar:
+                task = bar.add_task("backfill", total=pending)
+
+                def advance(done: BackfillReport) -> None:
+                    bar.update(task, completed=done.filled + done.missing + done.unreadable)
+
+                backfill.run(on_batch=advance)
+        elif pending:
+            backfill.run()
+    except KeyboardInterrupt:
+        notice(
+            f"index back-fill interrupted: {report.filled} of {report.pending} rows "
+            "back-filled; run `ctnode db upgrade` again to continue"
+        )
+        raise typer.Exit(130) from None
+    if not quiet:
+        _print_backfill(report)
+    return report.to_json()
+
+
+def _print_backfill(report: BackfillReport) -> None:
+    if report.pending:
+        typer.echo(f"index back-filled: {report.filled} of {report.pending} rows from their files")
+    for problem in report.problems:
+        notice(f"warning: {problem}")
+    if report.missing or report.unreadable:
+        notice(
+            f"warning: {report.missing} file(s) missing and {report.unreadable} unreadable: "
+            "those rows keep their old index values (run again once the files are back)"
+        )
+    if report.other_nodes:
+        typer.echo(
+            f"{report.other_nodes} row(s) of other nodes left to them: run "
+            "`ctnode db upgrade` on each node"
+        )
 
 
 def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
@@ -173,17 +255,18 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     nodes = repo.nodes()
     alive = [n for n in nodes if n["alive"]]
     ready: dict[str, Any] | None = None
+    query_retrieve: dict[str, Any] | None = None
     if settings.metrics.enabled:
         host = "127.0.0.1" if settings.metrics.bind in ("0.0.0.0", "") else settings.metrics.bind  # noqa: S104
+        port = settings.metrics.port
         try:
-            with urllib.request.urlopen(
-                f"http://{host}:{settings.metrics.port}/readyz", timeout=5
-            ) as rsp:
+            with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=5) as rsp:
                 ready = json.loads(rsp.read())
         except urllib.error.HTTPError as exc:
             ready = json.loads(exc.read() or b"{}")
         except (OSError, ValueError) as exc:
             ready = {"ready": False, "error": str(exc)}
+        query_retrieve = _qr_figures(host, port)
     from ctnode.queue.commitment import CommitmentRepository
 
     summary = repo.summary()
@@ -197,6 +280,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         "queue": summary.by_state,
         "oldest_queued_age_seconds": summary.oldest_queued_age,
         "commitments": commitments,
+        "query_retrieve": query_retrieve,
         "failed_last_24h": [
             {
                 "id": j.id,
@@ -231,8 +315,54 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                 f"{count} {state.replace('_', ' ')}" for state, count in commitments.items()
             )
         )
+        for line in _qr_lines(query_retrieve, metrics_enabled=settings.metrics.enabled):
+            typer.echo(line)
         typer.echo(f"failed in the last 24 h: {len(failed)}")
         for job in failed:
             typer.echo(f"  job {job.id} {job.kind.value} to {job.peer}: {job.last_error}")
     if not up:
         raise typer.Exit(1)
+
+
+def _qr_figures(host: str, port: int) -> dict[str, Any] | None:
+    """The Q/R SCP's figures since the node started, from its ``/metrics`` (None if that
+    does not answer)."""
+    import urllib.request
+
+    from ctnode.metrics import qr_figures
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as rsp:
+            return dict(qr_figures(rsp.read().decode("utf-8", "replace")))
+    except (OSError, ValueError):
+        return None
+
+
+_SERVICES = (("find", "C-FIND"), ("move", "C-MOVE"), ("get", "C-GET"))
+
+
+def _qr_lines(figures: dict[str, Any] | None, *, metrics_enabled: bool) -> list[str]:
+    """``ctnode status`` lines of the Q/R SCP: requests by service (those not answered
+    0x0000 or 0xFE00 counted apart), sub-operations by status group, requests by peer."""
+    if figures is None:
+        why = "/metrics did not answer" if metrics_enabled else "needs metrics.enabled"
+        return [f"query/retrieve: figures unavailable ({why})"]
+    parts = []
+    for service, name in _SERVICES:
+        statuses: dict[str, int] = figures["requests"].get(service, {})
+        total = sum(statuses.values())
+        unsuccessful = total - statuses.get("0x0000", 0) - statuses.get("0xFE00", 0)
+        apart = f" ({unsuccessful} not successful)" if unsuccessful else ""
+        parts.append(f"{total} {name}{apart}")
+    lines = ["query/retrieve since start: " + ", ".join(parts)]
+    for service, name in _SERVICES[1:]:
+        groups: dict[str, int] = figures["suboperations"].get(service, {})
+        if groups:
+            counts = ", ".join(f"{count} {group}" for group, count in sorted(groups.items()))
+            lines.append(f"  {name} sub-operations: {counts}")
+    for peer, services in sorted(figures["by_peer"].items()):
+        counts = ", ".join(
+            f"{services[service]} {name}" for service, name in _SERVICES if service in services
+        )
+        lines.append(f"  {peer}: {counts}")
+    return lines
