@@ -28,6 +28,8 @@ from ctnode.logs import get_logger
 log = get_logger("ctnode.metrics")
 
 UNKNOWN_PEER = "unknown"
+#: The status group of a C-MOVE/C-GET sub-operation that could not be sent at all.
+NOT_SENT = "not_sent"
 
 
 def _peer_label(peer: Any) -> str:
@@ -118,9 +120,11 @@ class Metrics:
         """A C-FIND, C-MOVE or C-GET ended with *code* (``scp.qr_common.QrObserver``)."""
         self.qr_requests.labels(peer, service, f"0x{code:04X}").inc()
 
-    def suboperation_done(self, peer: str, service: str, code: int) -> None:
-        """A C-STORE sub-operation of a C-MOVE or C-GET was answered with *code*."""
-        self.qr_suboperations.labels(peer, service, st.group(code)).inc()
+    def suboperation_done(self, peer: str, service: str, code: int | None) -> None:
+        """A C-STORE sub-operation of a C-MOVE or C-GET was answered with *code* (None: it
+        could not be sent, ``not_sent``)."""
+        group = NOT_SENT if code is None else st.group(code)
+        self.qr_suboperations.labels(peer, service, group).inc()
 
     # -- outbound ------------------------------------------------------------------------------
 
@@ -344,3 +348,30 @@ class CountsCollector:
                     log.warning("metrics.collect_failed", error=str(exc).splitlines()[0])
                 self._cache = (now, [family])
             yield from self._cache[1]
+
+
+def qr_figures(exposition: str) -> dict[str, dict[str, dict[str, int]]]:
+    """The Query/Retrieve SCP's counters read back from a ``/metrics`` text (for ``ctnode
+    status``): ``requests`` by service and final status, ``suboperations`` by service and
+    status group, and ``by_peer`` requests by peer and service."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    figures: dict[str, dict[str, dict[str, int]]] = {
+        "requests": {},
+        "suboperations": {},
+        "by_peer": {},
+    }
+
+    def add(table: str, row: str, column: str, value: float) -> None:
+        counts = figures[table].setdefault(row, {})
+        counts[column] = counts.get(column, 0) + int(value)
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "ctnode_qr_requests_total":
+                add("requests", labels["service"], labels["status"], sample.value)
+                add("by_peer", labels["peer"], labels["service"], sample.value)
+            elif sample.name == "ctnode_qr_suboperations_total":
+                add("suboperations", labels["service"], labels["status_group"], sample.value)
+    return figures

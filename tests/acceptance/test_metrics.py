@@ -139,7 +139,8 @@ def test_metrics_move_and_readiness_follows_the_data_dir(tmp_path: Path, tmpfs: 
 
 def test_status_reports_node_queue_and_failures(tmp_path: Path) -> None:
     """`ctnode status --json`: up with the failed job and its reason while the node runs
-    (readiness included when metrics are on); exit 1 and DOWN once it stopped."""
+    (readiness included when metrics are on), the Q/R SCP's requests and sub-operations by
+    status and peer; exit 1 and DOWN once it stopped."""
     write_series(tmp_path / "in", 1)
     metrics_port = free_port()
     fake = FakeStoreSCP(lambda n, uid: 0xA900)
@@ -150,11 +151,29 @@ def test_status_reports_node_queue_and_failures(tmp_path: Path) -> None:
                 "queue": {"poll_interval": 0.2},
                 "metrics": {"enabled": True, "bind": "127.0.0.1", "port": metrics_port},
             },
-            peers={"fake": {"ae_title": "FAKESCP", "host": "127.0.0.1", "port": fake.port}},
+            peers={
+                "fake": {"ae_title": "FAKESCP", "host": "127.0.0.1", "port": fake.port},
+                "viewer": {
+                    "ae_title": "VIEWER",
+                    "host": "127.0.0.1",
+                    "port": 104,
+                    "accept": ["store", "find", "move"],
+                },
+            },
         )
         with node:
             job_id = int(node.cli("push", "fake", str(tmp_path / "in")).stdout)
             wait_job(node, job_id, {"failed"})
+            dcmtk = ["-aet", "VIEWER", "-aec", "CTNODE"]
+            address = ["127.0.0.1", str(node.port)]
+            image = str(tmp_path / "in" / "IMG0001.dcm")
+            stored = run_tool(["storescu", *dcmtk, *address, image])
+            found = run_tool(["findscu", "-S", *dcmtk, "-k", "QueryRetrieveLevel=STUDY", *address])
+            for done in (stored, found):
+                assert done.returncode == 0, done.stdout + done.stderr
+            patient = ["-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PAT001"]
+            # every sub-operation refused by the destination: 0xA702
+            run_tool(["movescu", "-P", *dcmtk, "-aem", "FAKESCP", *patient, *address])
             result = node.cli("status", "--json")
             text = node.cli("status").stdout
         assert result.returncode == 0, result.stderr
@@ -163,7 +182,14 @@ def test_status_reports_node_queue_and_failures(tmp_path: Path) -> None:
         assert report["queue"] == {"failed": 1}
         (failed,) = report["failed_last_24h"]
         assert failed["id"] == job_id and "0xA900" in failed["last_error"]
+        assert report["query_retrieve"] == {
+            "requests": {"find": {"0x0000": 1}, "move": {"0xA702": 1}},
+            "suboperations": {"move": {"0xA9xx": 1}},
+            "by_peer": {"viewer": {"find": 1, "move": 1}},
+        }
         assert "node: up" in text and "0xA900" in text
+        assert "query/retrieve since start: 1 C-FIND, 1 C-MOVE (1 not successful), 0 C-GET" in text
+        assert "C-MOVE sub-operations: 1 0xA9xx" in text
         down = node.cli("status")
     assert down.returncode == 1
     assert "node: DOWN" in down.stdout

@@ -29,8 +29,9 @@ class QrObserver(Protocol):
     def query_answered(self, peer: str, service: str, code: int) -> None:
         """A C-FIND, C-MOVE or C-GET (*service*: find, move, get) ended with *code*."""
 
-    def suboperation_done(self, peer: str, service: str, code: int) -> None:
-        """A C-STORE sub-operation of a C-MOVE or C-GET was answered with *code*."""
+    def suboperation_done(self, peer: str, service: str, code: int | None) -> None:
+        """A C-STORE sub-operation of a C-MOVE or C-GET was answered with *code* (None: it
+        could not be sent: destination unreachable, no context, unreadable file)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -309,7 +309,7 @@ class RetrieveService:
 
         def done(item: RetrieveItem, code: int | None) -> bool:
             progress.record(item.sop_instance_uid, code)
-            if self.observer is not None and code is not None:
+            if self.observer is not None:
                 self.observer.suboperation_done(peer_name, service, code)
             return pending() if progress.remaining else False
 
