@@ -2,7 +2,7 @@
 
 ``Reconciler.handle_inbound`` is the SCP's N-EVENT-REPORT handler (a report on a new association
 opened by the PACS, which proposed the SCP role); ``Reconciler.process`` also serves a report
-sent on the N-ACTION's own association (``scu.commit``). Either way the report is decoded, matched
+sent on the N-ACTION's own association (``scu.commit_request``). Either way the report is decoded, matched
 by Transaction UID *and* sender, and applied in one database transaction
 (``queue.commitment.CommitmentRepository.apply_report``); the waiting commit job is then runnable
 and a worker concludes it. Statuses of the N-EVENT-REPORT-RSP:

@@ -58,7 +58,8 @@ from ctnode.scp.handlers import QrHandler, ScpApplication
 from ctnode.scp.qr_find import FindService
 from ctnode.scp.qr_retrieve import RetrieveService
 from ctnode.scp.server import ScpServer
-from ctnode.scu.commit import CommitOperation, commit_after_push
+from ctnode.scu.commit import CommitOperation
+from ctnode.scu.commit_submit import commit_after_push
 from ctnode.scu.move import MoveOperation
 from ctnode.scu.push import PushOperation
 from ctnode.scu.query import QueryOperation

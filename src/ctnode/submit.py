@@ -253,7 +253,7 @@ def submit_commit(
     if paths:
         items, skipped, source = file_items(paths, report)
     elif push_job is not None:
-        from ctnode.scu.commit import items_from_push_job
+        from ctnode.scu.commit_submit import items_from_push_job
 
         pushed, items = items_from_push_job(repository, push_job, peer)
         node_name = pushed.node_name

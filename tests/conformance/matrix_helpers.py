@@ -241,7 +241,7 @@ def dcmqrscp_server(
 
 def submit(node: CtnodeProcess, kind: JobKind, peer: str, payload: dict[str, Any]) -> int:
     """Queue a job of *kind* for *peer* in-process (as the CLI does); returns its id."""
-    from ctnode.scu.commit import commit_policy
+    from ctnode.scu.commit_submit import commit_policy
     from ctnode.scu.push import collect_files
 
     settings = load_settings(node.config_path)

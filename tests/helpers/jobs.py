@@ -102,7 +102,7 @@ def submit_move(node: CtnodeProcess, peer: str, study: str) -> int:
 def submit_commit(node: CtnodeProcess, peer: str, *paths: Path) -> int:
     """Queue a storage commitment request for the files *paths* to *peer* as ``ctnode commit
     PEER PATH...`` does, in-process; returns the job id."""
-    from ctnode.scu.commit import commit_policy
+    from ctnode.scu.commit_submit import commit_policy
 
     settings = load_settings(node.config_path)
     target = load_peers(settings.peers_dir).get(peer)
