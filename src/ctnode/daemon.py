@@ -30,6 +30,7 @@ from ctnode.db.engine import session_factory
 from ctnode.db.opening import open_database
 from ctnode.dicom.contexts import Service, storage_classes
 from ctnode.errors import ConfigError
+from ctnode.index import IndexReader
 from ctnode.logs import get_logger
 from ctnode.metrics import (
     CountsCollector,
@@ -175,7 +176,9 @@ def build_runtime(settings: Settings) -> Runtime:
         JobKind.COMMIT: CommitOperation(settings.node, commits, reconciler, retention, push),
         JobKind.COMMIT_REPORT: reports,
         JobKind.QUERY: QueryOperation(settings.node),
-        JobKind.MOVE: MoveOperation(settings.node, moves, shared_storage=settings.storage.shared),
+        JobKind.MOVE: MoveOperation(
+            settings.node, moves, IndexReader(repo.sessions), shared_storage=settings.storage.shared
+        ),
     }
     workers = WorkerPool(
         repo,

@@ -6,14 +6,23 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from ctnode.queue.jobs import Job, JobKind, JobState
-from ctnode.queue.repository import JobRepository
 from ctnode.queue.wakeup import Address, FollowChannel, poke
 
 #: How long a job may stay queued with no live node before the user is told.
 NO_NODE_WARNING_AFTER = 5.0
+
+
+class FollowedQueue(Protocol):
+    """What following reads (``JobRepository`` is one): the job, and which nodes are alive."""
+
+    def get(self, job_id: int) -> Job:
+        """The job as it is now (``queue.reads.JobReader.get``)."""
+
+    def live_nodes(self, within: float = 30.0) -> list[str]:
+        """Nodes seen within *within* seconds (``queue.nodes.NodeLiveness.live_nodes``)."""
 
 
 def describe(job: Job) -> str:
@@ -43,7 +52,7 @@ def describe(job: Job) -> str:
 
 
 def follow(
-    repo: JobRepository,
+    repo: FollowedQueue,
     job_id: int,
     *,
     until: Callable[[Job], bool] = lambda job: job.state.final,
@@ -87,7 +96,7 @@ def _waiter(job_id: int, wake: Address | None) -> Iterator[Callable[[float], obj
 
 
 def _follow(
-    repo: JobRepository,
+    repo: FollowedQueue,
     job_id: int,
     until: Callable[[Job], bool],
     interval: float,
@@ -153,7 +162,7 @@ def _timed_out(started: float, timeout: float | None) -> bool:
     return timeout is not None and time.monotonic() - started > timeout
 
 
-def _warn_no_node(repo: JobRepository, job: Job, started: float, warned: bool, out: TextIO) -> bool:
+def _warn_no_node(repo: FollowedQueue, job: Job, started: float, warned: bool, out: TextIO) -> bool:
     if warned or job.state is not JobState.QUEUED or job.attempts:
         return warned
     if time.monotonic() - started < NO_NODE_WARNING_AFTER:

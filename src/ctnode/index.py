@@ -1,7 +1,13 @@
-"""Read-only queries over the local index (``ctnode studies``, ``ctnode instances``)."""
+"""Reading the local instance index (the ``instances`` table) and who committed each instance:
+``ctnode studies`` and ``ctnode instances``, the instances a push or commit of a study sends,
+and which instances a move already has here. Nothing here writes.
+
+``IndexReader`` opens a session per read; the functions under it read in the caller's session.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -151,3 +157,41 @@ def present_instances(
             query = query.where(Instance.node_name == node_name)
         found.update(session.scalars(query))
     return found
+
+
+class IndexReader:
+    """Reads of the instance index, each in a new session from *sessions*."""
+
+    def __init__(self, sessions: Callable[[], Session]) -> None:
+        self.sessions = sessions
+
+    def studies(self) -> list[StudySummary]:
+        """Every study with stored (not deleted) instances, newest first."""
+        with self.sessions() as session:
+            return list_studies(session)
+
+    def instances(
+        self, *, study: str | None = None, series: str | None = None, include_deleted: bool = False
+    ) -> list[Instance]:
+        """Instances of a study or series, in series/instance order (detached rows)."""
+        with self.sessions() as session:
+            return list_instances(
+                session, study=study, series=series, include_deleted=include_deleted
+            )
+
+    def instances_json(
+        self, *, study: str | None = None, series: str | None = None, include_deleted: bool = False
+    ) -> list[dict[str, Any]]:
+        """``instance_json`` of each instance of a study or series, with the peers that
+        committed it."""
+        with self.sessions() as session:
+            found = list_instances(
+                session, study=study, series=series, include_deleted=include_deleted
+            )
+            commits = commitments_of(session, [r.sop_instance_uid for r in found])
+            return [instance_json(r, commits.get(r.sop_instance_uid)) for r in found]
+
+    def present(self, sop_instance_uids: list[str], *, node_name: str | None = None) -> set[str]:
+        """Which of *sop_instance_uids* are stored (not deleted), on *node_name* if given."""
+        with self.sessions() as session:
+            return present_instances(session, sop_instance_uids, node_name=node_name)

@@ -42,15 +42,13 @@ from typing import TYPE_CHECKING, Any
 from ctnode.config import Settings
 from ctnode.db.opening import open_database
 from ctnode.errors import UsageError
-from ctnode.index import list_instances
+from ctnode.index import IndexReader
 from ctnode.queue import wakeup
 from ctnode.queue.jobs import Job, JobKind, NewItem
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from ctnode.peers import OutboundService, Peer
     from ctnode.scu.files import Skipped
     from ctnode.scu.move_request import MoveRequest
@@ -142,13 +140,13 @@ def file_items(
 
 
 def stored_items(
-    session: Session, store_dir: Path, *, study: str | None, series: str | None
+    index: IndexReader, store_dir: Path, *, study: str | None, series: str | None
 ) -> list[NewItem]:
     """The stored instances of a study/series, each with the absolute path of its file."""
     root = store_dir.absolute()
     return [
         NewItem(r.sop_class_uid, r.sop_instance_uid, r.transfer_syntax_uid, str(root / r.path))
-        for r in list_instances(session, study=study, series=series)
+        for r in index.instances(study=study, series=series)
     ]
 
 
@@ -194,8 +192,8 @@ def submit_push(
     if paths:
         items, skipped, source = file_items(paths, report)
     else:
-        with repository.sessions() as session:
-            items = stored_items(session, settings.storage.store_dir, study=study, series=series)
+        index = IndexReader(repository.sessions)
+        items = stored_items(index, settings.storage.store_dir, study=study, series=series)
         source = {"source": "store", "study": study, "series": series}
         if settings.storage.shared:
             node_name = None
@@ -259,8 +257,8 @@ def submit_commit(
         node_name = pushed.node_name
         source = {"source": "push", "push_job": push_job}
     else:
-        with repository.sessions() as session:
-            items = stored_items(session, settings.storage.store_dir, study=study, series=series)
+        index = IndexReader(repository.sessions)
+        items = stored_items(index, settings.storage.store_dir, study=study, series=series)
         source = {"source": "store", "study": study, "series": series}
         if settings.storage.shared:
             node_name = None

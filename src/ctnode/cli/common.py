@@ -19,6 +19,7 @@ import typer
 from ctnode.config import LoggingSettings, Settings, load_settings
 
 if TYPE_CHECKING:
+    from ctnode.queue.reads import JobReader
     from ctnode.queue.repository import JobRepository
     from ctnode.queue.wakeup import Address
 
@@ -88,6 +89,15 @@ def open_repo(settings: Settings) -> JobRepository:
     from ctnode.submit import open_repository
 
     return open_repository(settings)
+
+
+def open_reader(settings: Settings) -> JobReader:
+    """A JobReader on the configured database (migrated when it is SQLite): for commands that
+    only look at jobs."""
+    from ctnode.db.opening import open_database
+    from ctnode.queue.reads import JobReader
+
+    return JobReader(open_database(settings, migrate_sqlite=True))
 
 
 def wake_address(settings: Settings) -> Address:

@@ -10,6 +10,7 @@ from ctnode.cli.common import (
     JsonOpt,
     emit_json,
     fail,
+    open_reader,
     open_repo,
     print_table,
     settings_of,
@@ -114,7 +115,7 @@ def jobs_list(
     except ValueError as exc:
         fail(str(exc), 2)
     settings = settings_of(ctx)
-    jobs = open_repo(settings).list_jobs(states=states, kind=kinds, peer=peer, limit=limit)
+    jobs = open_reader(settings).list_jobs(states=states, kind=kinds, peer=peer, limit=limit)
     if as_json:
         emit_json([j.to_json() for j in jobs])
         return

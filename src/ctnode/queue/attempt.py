@@ -20,7 +20,7 @@ Pure: no I/O; the job, the peer and the repository appear as types only.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,8 +29,6 @@ from ctnode.dicom.status import StatusMeaning
 from ctnode.errors import AssociationRejected, PermanentError, TransientError
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from ctnode.peers import Peer
     from ctnode.queue.jobs import ItemOutcome, ItemRow, ItemState, ItemUpsert, Job
 
@@ -116,10 +114,6 @@ class StopFlag:
 class JobStore(Protocol):
     """What an operation needs from the queue repository (``queue.repository.JobRepository``):
     its job and items, and writes fenced by the lease (False: the lease was lost)."""
-
-    @property
-    def sessions(self) -> Callable[[], Session]:
-        """New database sessions (to read the index)."""
 
     def get(self, job_id: int) -> Job:
         """The job as it is now (its item counts included)."""

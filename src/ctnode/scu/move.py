@@ -41,7 +41,7 @@ from ctnode.config import NodeSettings
 from ctnode.dicom import status as st
 from ctnode.dicom.contexts import BASIC_SYNTAXES, STUDY_ROOT_FIND, STUDY_ROOT_MOVE
 from ctnode.errors import PermanentError, TransientError, UsageError
-from ctnode.index import present_instances
+from ctnode.index import IndexReader
 from ctnode.moves import MoveRegistry, MoveTracker
 from ctnode.queue.attempt import Attempt, AttemptResult, Outcome, StopReason, outcome_of
 from ctnode.queue.jobs import ItemState, ItemUpsert
@@ -81,11 +81,14 @@ class MoveOperation:
         self,
         node: NodeSettings,
         registry: MoveRegistry,
+        index: IndexReader,
         *,
         shared_storage: bool = False,
     ) -> None:
         self.node = node
         self.registry = registry
+        #: Which instances are already here (a retry moves only the missing ones).
+        self.index = index
         self.shared_storage = shared_storage
 
     def run(self, attempt: Attempt) -> AttemptResult:
@@ -174,12 +177,10 @@ class _MoveAttempt:
             if i.sop_instance_uid
         }
         everything = [uid for uids in expected.values() for uid in uids]
-        with self.attempt.repo.sessions() as session:
-            here = present_instances(
-                session,
-                [u for u in everything if u not in have],
-                node_name=None if self.op.shared_storage else self.op.node.name,
-            )
+        here = self.op.index.present(
+            [u for u in everything if u not in have],
+            node_name=None if self.op.shared_storage else self.op.node.name,
+        )
         self.tally.resume(missing_instances(expected, have, here))
         count = self.tally.missing_count()
         self.attempt.repo.event(
