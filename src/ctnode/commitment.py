@@ -20,7 +20,8 @@ and a worker concludes it. Statuses of the N-EVENT-REPORT-RSP:
 Retention (``storage.delete_after_commit``, off by default): a local instance is removed from the
 store only once a peer listed in ``storage.commitment_peers`` has committed it, never on C-STORE
 success alone; removal goes through ``Store.remove`` (file unlinked, directory fsynced, index row
-marked ``deleted_at``).
+marked ``deleted_at``). An instance that routing still has to forward somewhere (a pending,
+queued or failed match) stays; the forwarder removes it once it has been delivered everywhere.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Retention:
     def __init__(self, settings: StorageSettings, store: Store | None) -> None:
         self.settings = settings
         self.store = store
+        #: The instances among those given that must stay (routing: not yet delivered to every
+        #: destination); set by the daemon. Their removal waits for the forwarder.
+        self.holds: Callable[[list[str]], set[str]] | None = None
 
     def applies_to(self, peer: str) -> bool:
         """True if a commitment by *peer* lets local copies go."""
@@ -64,7 +68,17 @@ class Retention:
             return 0
         assert self.store is not None
         removed = 0
-        for uid in dict.fromkeys(sop_instance_uids):
+        uids = list(dict.fromkeys(sop_instance_uids))
+        held: set[str] = set()
+        if self.holds is not None:
+            try:
+                held = self.holds(uids)
+            except SQLAlchemyError as exc:  # cannot tell: keep everything for now
+                log.warning("storage.remove_failed", peer=peer, error=str(exc).splitlines()[0])
+                return 0
+        for uid in uids:
+            if uid in held:
+                continue
             try:
                 if self.store.remove(uid, reason=f"committed by peer {peer!r}"):
                     removed += 1

@@ -54,7 +54,7 @@ from ctnode.queue.worker import WorkerPool
 from ctnode.routing.decisions import RouteHolder
 from ctnode.routing.forwarder import Forwarder
 from ctnode.routing.rules import load_routes
-from ctnode.routing.state import RouteCounts
+from ctnode.routing.state import RouteCounts, holding
 from ctnode.scp.handlers import QrHandler, ScpApplication
 from ctnode.scp.qr_find import FindService
 from ctnode.scp.qr_retrieve import RetrieveService
@@ -198,6 +198,9 @@ def build_runtime(settings: Settings) -> Runtime:
         )
     )
     forwarder = Forwarder(settings, engine, repo, peers)
+    # Retention composes with routing: removal waits until routing delivered everywhere.
+    retention.holds = lambda uids: holding(engine, uids)
+    forwarder.release = retention.apply
     counts = RouteCounts(engine)
     metrics.add_collector(counts.collector())
     return Runtime(

@@ -13,7 +13,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from tests.helpers.dicomgen import new_ids, write_series
+from tests.helpers.dicomgen import Ids, new_ids, write_series
 from tests.helpers.jobs import job_json
 from tests.helpers.orthanc import Orthanc
 from tests.helpers.procs import CtnodeProcess, ServerProcess, run_tool, storescp, write_yaml
@@ -153,5 +153,180 @@ def test_study_trigger_forwards_once_stable_then_a_late_instance_alone(
         listed = json.loads(node.cli("routes", "list", "--json").stdout)
         (route,) = listed
         assert route["name"] == "ct-to-pacs" and route["trigger"] == "study"
-        wait_until(lambda: json.loads(node.cli("routes", "list", "--json").stdout)[0]
-                   ["counters"]["forwarded"] == 7, 10)
+        wait_until(
+            lambda: (
+                json.loads(node.cli("routes", "list", "--json").stdout)[0]["counters"]["forwarded"]
+                == 7
+            ),
+            10,
+        )
+
+
+def test_commit_with_orthanc_then_retention_frees_the_disk(tmp_path: Path) -> None:
+    """`commit: true` to Orthanc (a real Storage Commitment SCP) plus storescp without
+    commitment: the study reaches both; Orthanc's report marks it committed in `studies --json`
+    and, with delete_after_commit and orthanc in commitment_peers, the study leaves the disk
+    only once storescp has it too."""
+    routes = tmp_path / "routes"
+    received = tmp_path / "pacs-in"
+    node = CtnodeProcess(
+        tmp_path / "node",
+        config={
+            "queue": FAST_QUEUE,
+            "routes_dir": str(routes),
+            "storage": {"delete_after_commit": True, "commitment_peers": ["orthanc"]},
+        },
+        peers={"scanner": scanner_peer()},
+    )
+    write_yaml(
+        routes / "to-orthanc.yaml",
+        {
+            "match": {"calling_ae": ["SCANNER"]},
+            "stable_after": 1,
+            "to": ["orthanc"],
+            "commit": True,
+        },
+    )
+    write_yaml(routes / "to-pacs.yaml", {"stable_after": 1, "to": ["pacs"]})
+    files = write_series(tmp_path / "in", 4)
+    study = uid_of(files[0], "StudyInstanceUID")
+    with (
+        storescp(received, ae_title="PACS") as pacs,
+        Orthanc(
+            modalities={"ctnode": {"AET": "CTNODE", "Host": "127.0.0.1", "Port": node.port}}
+        ) as orthanc,
+    ):
+        node.write_peer("orthanc", dest_peer("ORTHANC", orthanc.dicom_port, commit_linger=0))
+        node.write_peer("pacs", dest_peer("PACS", pacs.port))
+        with node:
+            send(node, files)
+            orthanc.wait_for(lambda o: {uid_of(f) for f in files} <= o.sop_instance_uids())
+            wait_until(lambda: len(uids_in(received)) == 4, 20, message="4 at storescp")
+            assert node.log is not None
+            node.log.wait_for("commitment.retention", timeout=40, peer="orthanc")
+            wait_until(
+                lambda: not list((node.data_dir / "store").rglob("*.dcm")), 20, message="freed"
+            )
+            out = json.loads(node.cli("studies", "--json").stdout)
+            assert [s for s in out if s["study_instance_uid"] == study] == []
+            commit_jobs = node.log.named("commit.submitted")
+            assert commit_jobs
+            job = job_json(node, commit_jobs[0]["commit_job"])
+            assert job["kind"] == "commit" and job["route"] == "to-orthanc"
+            assert job["state"] == "succeeded"
+            listed = {r["name"]: r for r in json.loads(node.cli("routes", "list", "--json").stdout)}
+            assert listed["to-orthanc"]["counters"]["forwarded"] == 4
+            assert listed["to-pacs"]["counters"]["forwarded"] == 4
+
+
+def test_instance_and_series_triggers_and_two_scanners(setup: Setup, tmp_path: Path) -> None:
+    """SCANNER's CT goes by series (each series once stable); SCANNER2's instances go as they
+    arrive, gathered into one association; neither route takes the other scanner's data."""
+    setup.route(
+        "ct-series",
+        match={"calling_ae": ["SCANNER"]},
+        trigger="series",
+        stable_after=1,
+        to=["pacs"],
+    )
+    setup.route("fast", match={"calling_ae": ["SCANNER2"]}, trigger="instance", to=["pacs"])
+    ids = new_ids()
+    first = write_series(tmp_path / "s1", 3, ids=ids)
+    second = write_series(tmp_path / "s2", 2, ids=Ids(ids.study, new_ids().series))
+    other = write_series(tmp_path / "o", 5)
+    with setup.node as node:
+        send(node, first)
+        send(node, second)
+        send(node, other, ae="SCANNER2")
+        wait_until(lambda: len(uids_in(setup.received)) == 10, 30, message="10 at storescp")
+        assert node.log is not None
+        submitted = node.log.named("route.forward_submitted")
+        by_route = {}
+        for event in submitted:
+            by_route.setdefault(event["route"], []).append(event["instances"])
+        assert sorted(by_route["ct-series"]) == [2, 3]
+        assert by_route["fast"] == [5]  # one association for the 5 instances
+        assert len(set(uids_in(setup.received))) == 10
+
+
+def test_no_forward_back_to_the_sender(tmp_path: Path) -> None:
+    """A route to [scanner, pacs] never sends an instance back to the scanner it came from,
+    but sends what another modality sent to the scanner; `routes test` says so."""
+    routes = tmp_path / "routes"
+    to_scanner = tmp_path / "scanner-in"
+    received = tmp_path / "pacs-in"
+    with (
+        storescp(to_scanner, ae_title="SCANNER") as scanner,
+        storescp(received, ae_title="PACS") as pacs,
+    ):
+        node = CtnodeProcess(
+            tmp_path / "node",
+            config={"queue": FAST_QUEUE, "routes_dir": str(routes)},
+            peers={
+                "scanner": {**dest_peer("SCANNER", scanner.port), "accept": ["echo", "store"]},
+                "modality": scanner_peer("MODALITY"),
+                "pacs": dest_peer("PACS", pacs.port),
+            },
+        )
+        write_yaml(routes / "everywhere.yaml", {"trigger": "instance", "to": ["scanner", "pacs"]})
+        mine = write_series(tmp_path / "a", 2)
+        theirs = write_series(tmp_path / "b", 1)
+        with node:
+            send(node, mine, ae="SCANNER")
+            send(node, theirs, ae="MODALITY")
+            wait_until(lambda: len(uids_in(received)) == 3, 20, message="3 at pacs")
+            wait_until(lambda: len(uids_in(to_scanner)) == 1, 20, message="1 at scanner")
+            time.sleep(3)
+            assert uids_in(to_scanner) == [uid_of(theirs[0])]
+            out = node.cli("routes", "test", str(mine[0]), "--calling-ae", "SCANNER")
+            assert out.returncode == 0, out.stderr
+            assert "not back to its sender scanner" in out.stdout
+
+
+def test_sighup_adds_a_route_and_refuses_an_invalid_set(setup: Setup, tmp_path: Path) -> None:
+    """With no route nothing is forwarded; SIGHUP after writing a route makes new arrivals
+    routed; an invalid route set on the next SIGHUP is refused as a whole (config.reload_failed
+    names the file and key) and the old set keeps routing; `config check` exits 2 naming it."""
+    with setup.node as node:
+        assert node.log is not None
+        first = write_series(tmp_path / "a", 2)
+        send(node, first)
+        setup.route("all", trigger="instance", to=["pacs"])
+        node.signal(signal.SIGHUP)
+        node.log.wait_for("route.reloaded", routes=1)
+        second = write_series(tmp_path / "b", 2)
+        send(node, second)
+        wait_until(lambda: len(uids_in(setup.received)) == 2, 20, message="2 at storescp")
+        setup.route("bad", to=["nowhere"], match={"tags": {"NoSuchKeyword": "*"}})
+        node.signal(signal.SIGHUP)
+        failed = node.log.wait_for("config.reload_failed")
+        problems = "\n".join(failed["problems"])
+        assert "bad.yaml: to.0: no peer named 'nowhere'" in problems
+        assert "bad.yaml: match.tags.NoSuchKeyword: unknown DICOM keyword" in problems
+        third = write_series(tmp_path / "c", 1)
+        send(node, third)
+        wait_until(lambda: len(uids_in(setup.received)) == 3, 20, message="old set still routes")
+        check = node.cli("config", "check")
+        assert check.returncode == 2 and "bad.yaml" in check.stdout + check.stderr
+        assert set(uids_in(setup.received)) == {uid_of(f) for f in second + third}
+
+
+def test_routes_test_explains_a_non_match(setup: Setup, tmp_path: Path) -> None:
+    """`routes test` names the first failed condition and why; --json has the same verdicts."""
+    setup.route(
+        "chest",
+        match={"modality": ["CT"], "tags": {"StudyDescription": "*CHEST*"}},
+        to=["pacs"],
+    )
+    (path,) = write_series(tmp_path / "a", 1)
+    out = setup.node.cli("routes", "test", str(path), "--calling-ae", "SCANNER")
+    assert out.returncode == 0, out.stderr
+    assert (
+        "chest: no match: tags.StudyDescription: 'Test study' matches none of '*CHEST*'"
+        in out.stdout
+    )
+    (entry,) = json.loads(setup.node.cli("routes", "test", str(path), "--json").stdout)
+    (verdict,) = entry["routes"]
+    assert verdict["matched"] is False and verdict["reason"].startswith("tags.StudyDescription")
+    bad = setup.node.cli("routes", "test", str(tmp_path / "missing.dcm"))
+    assert bad.returncode == 1 and "unreadable" in bad.stdout

@@ -40,7 +40,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ctnode.config import Settings
 from ctnode.db.engine import session_factory
-from ctnode.db.models import Instance, JobItem, RouteMatch
+from ctnode.db.models import Instance, InstanceCommitment, JobItem, RouteMatch
 from ctnode.db.models import Job as JobRow
 from ctnode.db.types import utcnow
 from ctnode.logs import get_logger
@@ -155,6 +155,9 @@ class Forwarder:
         self.store_dir: Path = settings.storage.store_dir.absolute()
         #: Called (from the forwarder's thread) when jobs were submitted: wake the workers.
         self.notify: Callable[[], None] | None = None
+        #: Retention (``commitment.Retention.apply``): instances delivered everywhere that a
+        #: commitment peer already committed leave the disk (their removal waited for routing).
+        self.release: Callable[[str, list[str]], int] | None = None
 
     # ------------------------------------------------------------------ one pass
 
@@ -357,7 +360,8 @@ class Forwarder:
         rows changed. Failed rows of a job that later succeeded (``jobs retry``) are updated too."""
         rm = RouteMatch
         query = (
-            select(rm.id, rm.route, rm.destination, rm.job_id, JobItem.state, JobItem.error)
+            select(rm.id, rm.route, rm.destination, rm.job_id, rm.sop_instance_uid)
+            .add_columns(JobItem.state, JobItem.error)
             .add_columns(JobRow.last_error, rm.state.label("row_state"))
             .join(JobRow, JobRow.id == rm.job_id)
             .join(
@@ -398,6 +402,7 @@ class Forwarder:
                     .execution_options(synchronize_session=False)
                 )
             session.commit()
+        self._release([r.sop_instance_uid for r in rows if r.state in _DELIVERED_ITEMS])
         by_job: dict[tuple[str, str, int], list[int]] = {}
         for r in rows:
             counts = by_job.setdefault((r.route, r.destination, r.job_id), [0, 0])
@@ -408,6 +413,24 @@ class Forwarder:
             fields = {"route": route, "destination": destination, "job_id": job_id}
             emit(event, **fields, delivered=ok, failed=bad)
         return len(rows)
+
+    def _release(self, delivered: list[str]) -> None:
+        """Hand retention the just-delivered instances a commitment peer has committed."""
+        storage = self.settings.storage
+        if self.release is None or not delivered or not storage.delete_after_commit:
+            return
+        by_peer: dict[str, list[str]] = {}
+        with self.sessions() as session:
+            for start in range(0, len(delivered), 500):
+                for uid, peer in session.execute(
+                    select(InstanceCommitment.sop_instance_uid, InstanceCommitment.peer).where(
+                        InstanceCommitment.sop_instance_uid.in_(delivered[start : start + 500]),
+                        InstanceCommitment.peer.in_(storage.commitment_peers),
+                    )
+                ):
+                    by_peer.setdefault(peer, []).append(uid)
+        for peer, uids in by_peer.items():
+            self.release(peer, uids)
 
     # ------------------------------------------------------------------ life cycle
 

@@ -74,6 +74,23 @@ def oldest_waiting_age(session: Session, now: datetime | None = None) -> float:
     return max(0.0, ((now or utcnow()) - oldest).total_seconds())
 
 
+def holding(engine: Engine, sop_instance_uids: list[str]) -> set[str]:
+    """The instances among *sop_instance_uids* routing must keep on disk: a match not yet
+    delivered (pending, queued, or failed: a failed forward keeps its source)."""
+    held: set[str] = set()
+    with session_factory(engine)() as session:
+        for start in range(0, len(sop_instance_uids), 500):
+            held.update(
+                session.scalars(
+                    select(RouteMatch.sop_instance_uid).where(
+                        RouteMatch.sop_instance_uid.in_(sop_instance_uids[start : start + 500]),
+                        RouteMatch.state != "delivered",
+                    )
+                )
+            )
+    return held
+
+
 @dataclass(frozen=True, slots=True)
 class StudyRouteState:
     """One study's routing towards one destination (``ctnode studies``)."""
