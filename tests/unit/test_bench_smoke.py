@@ -11,7 +11,17 @@ from bench.common import Run
 
 @pytest.mark.parametrize(
     "module",
-    ["run_all", "receive", "concurrent", "assoc", "push", "disk", "profile_summary", "common"],
+    [
+        "run_all",
+        "receive",
+        "concurrent",
+        "assoc",
+        "push",
+        "disk",
+        "qr",
+        "profile_summary",
+        "common",
+    ],
 )
 def test_bench_modules_import(module: str) -> None:
     assert hasattr(
@@ -64,3 +74,17 @@ def test_profile_summary_on_fake_stacks() -> None:
     text = profile_summary.summarize(stacks, rate=100, instances=10)
     assert "fdatasync spool file" in text
     assert "index: COMMIT" in text
+
+
+def test_qr_synthetic_rows_and_find_table() -> None:
+    """bench.qr spreads the rows over the studies (unique UIDs, every patient matching
+    ``Doe*``) and formats its C-FIND table."""
+    from bench import qr
+
+    rows = qr.synthetic_rows({"sha256": "x", "node_name": "old"}, 7, 100, "bench")
+    assert len(rows) == 100
+    assert len({r["sop_instance_uid"] for r in rows}) == 100
+    assert len({r["study_instance_uid"] for r in rows}) == 7
+    assert all(r["patient_name"].startswith("Doe^") and r["node_name"] == "bench" for r in rows)
+    table = qr.find_table([5.0, 6.0], [50.0, 60.0], 1000, 100_000, ([4.0], [40.0]))
+    assert "1000 matches" in table and "node log: first" in table
