@@ -93,31 +93,27 @@ class MoveTally:
             for uid in sorted((self.failed_uids | still_missing) - set(self.arrived))
         ]
 
+    def _totals(self) -> dict[str, int]:
+        """Completed, failed and warning sub-operations so far (the one in flight included)."""
+        total = self.done_counts + self.current
+        return {"completed": total.completed, "failed": total.failed, "warning": total.warning}
+
     def progress(self) -> dict[str, Any]:
         """The job's ``progress``: counts so far (and arrivals towards ctnode)."""
-        total = self.done_counts + self.current
-        out: dict[str, Any] = {
-            "remaining": self.current.remaining,
-            "completed": total.completed,
-            "failed": total.failed,
-            "warning": total.warning,
-        }
+        out: dict[str, Any] = {"remaining": self.current.remaining, **self._totals()}
         if self.to_self:
             out["arrived"] = len(self.arrived)
         return out
 
     def result(self, code: int | None) -> dict[str, Any]:
         """The job's ``result``: counts of this attempt and where things went."""
-        totals = self.done_counts + self.current
         out: dict[str, Any] = {
             "level": self.request.level,
             "destination": self.destination,
             "to_self": self.to_self,
             "mode": self.mode,
             "status": st.hex_status(code),
-            "completed": totals.completed,
-            "failed": totals.failed,
-            "warning": totals.warning,
+            **self._totals(),
             "remaining": self.current.remaining,
         }
         if self.to_self:

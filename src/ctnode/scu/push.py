@@ -30,6 +30,7 @@ from ctnode.queue.attempt import Attempt, AttemptResult, Outcome, outcome_of
 from ctnode.queue.jobs import ItemOutcome, ItemRow, ItemState
 from ctnode.scu.association import params_for
 from ctnode.scu.files import Skipped, collect_files, probe_file
+from ctnode.scu.services import service_refused
 from ctnode.ul.dimse import C_STORE_RQ
 from ctnode.ul.requestor import (
     AssociationObserver,
@@ -159,11 +160,9 @@ class PushOperation:
     def run(self, attempt: Attempt) -> AttemptResult:
         """Send every pending item; one association per attempt."""
         job = attempt.job
-        if "store" not in attempt.peer.config.services:
-            return AttemptResult(
-                Outcome.PERMANENT,
-                error=f"peer {attempt.peer.name!r} does not list 'store' in its services",
-            )
+        refused = service_refused(attempt.peer, "store")
+        if refused is not None:
+            return refused
         items = attempt.repo.items(job.id, [ItemState.PENDING])
         if job.attempts > 1 and items:
             attempt.repo.event(
