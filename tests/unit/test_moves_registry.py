@@ -57,3 +57,22 @@ def test_registry_message_ids_unique_and_wrap() -> None:
     registry = MoveRegistry(seed=3)
     ids = {registry.begin(n, calling_ae="A", peer_ae="B").message_id for n in range(1000)}
     assert len(ids) == 1000 and all(1 <= i <= 65535 for i in ids)
+
+
+def test_owns_tells_the_receive_path_which_stores_are_retrievals() -> None:
+    """`owns` (asked before storing, so routing can skip retrieved instances) is true for a
+    C-STORE of an active move and false otherwise, without taking the arrival."""
+    registry = MoveRegistry(seed=2)
+    info = SimpleNamespace(calling_ae="PACS")
+    plain = _cmd(AffectedSOPInstanceUID="1.2.3")
+    assert not registry.owns(info, plain)  # no move running
+    move = registry.begin(1, calling_ae="CTNODE", peer_ae="PACS")
+    ours = _cmd(
+        MoveOriginatorApplicationEntityTitle="CTNODE", MoveOriginatorMessageID=move.message_id
+    )
+    assert registry.owns(info, ours)
+    assert registry.owns(info, plain)  # the only move to that PACS, no originator fields
+    assert not registry.owns(SimpleNamespace(calling_ae="SCANNER"), plain)
+    assert move.drain() == []
+    registry.end(move)
+    assert not registry.owns(info, ours)
