@@ -4,9 +4,10 @@ One attempt:
 
 1. the transaction is already ``reported`` (on the N-ACTION's association) → done;
 2. decide every instance (``decide``: ``local`` from the index; ``upstream`` from the upstream
-   peers' commitments, asking them first — ``upstream.UpstreamRequests``). Instances still
-   pending in upstream mode → the job waits (``WAIT``, no worker held) and looks again, until
-   ``report_within`` has passed: then what is not committed is failed 0x0110;
+   peers' commitments). Instances still pending in upstream mode → what no route commits
+   upstream is asked for (``upstream.UpstreamRequests``, at every look), and the job waits
+   (``WAIT``, no worker held) and looks again, until ``report_within`` has passed: then what
+   is not committed is failed 0x0110;
 3. send the report on a **new association** to the peer: Storage Commitment Push Model proposed
    with SCP/SCU role selection SCU 0, SCP 1 (ctnode is the SCP of the SOP class, the one that
    sends N-EVENT-REPORT, PS3.7 D.3.3.4); the A-ASSOCIATE-AC must not refuse that role;
@@ -19,7 +20,7 @@ One attempt:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ctnode.commitment_scp.decide import Answer, Mode, Verdict, decide_all, report_of
@@ -56,7 +57,7 @@ RECHECK_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class Committed(Protocol):
-    """Which instances a peer has committed (``queue.commitment.CommitmentRepository``)."""
+    """Which instances a peer has committed (``queue.commit_rounds.CommitmentRepository``)."""
 
     def committed_by(self, peer: str, sop_instance_uids: Any) -> set[str]:
         """The subset of *sop_instance_uids* *peer* has committed."""
@@ -65,8 +66,18 @@ class Committed(Protocol):
 class Upstream(Protocol):
     """Asks the upstream peers to commit what they have not (``upstream.UpstreamRequests``)."""
 
-    def ask(self, attempt: Attempt, tx: IncomingTransaction, uids: list[str]) -> None:
-        """Queue push and commit jobs for *uids* to every upstream peer lacking them."""
+    def ask(
+        self,
+        attempt: Attempt,
+        tx: IncomingTransaction,
+        uids: list[str],
+        queued: Mapping[str, Sequence[int]],
+        *,
+        first: bool,
+    ) -> dict[str, list[int]]:
+        """Queue push and commit jobs for what of *uids* no upstream peer committed, no route
+        commits there and no job in *queued* (``{peer: [job ids]}``) sends; returns *queued*
+        with the jobs queued now."""
 
 
 def event_fields(report: CommitmentReport) -> dict[str, CommandValue | None]:
@@ -146,7 +157,7 @@ class ReportOperation:
     # ------------------------------------------------------------------ deciding
 
     def decide(self, tx: IncomingTransaction, attempt: Attempt | None = None) -> list[Verdict]:
-        """Every instance's verdict now (recorded); asks the upstream peers on first sight."""
+        """Every instance's verdict now (recorded)."""
         items = self.transactions.items(tx.transaction_uid)
         refs = [i.reference for i in items]
         uids = [r.sop_instance_uid for r in refs]
@@ -165,15 +176,19 @@ class ReportOperation:
         return verdicts
 
     def _wait(self, attempt: Attempt, tx: IncomingTransaction, pending: int) -> AttemptResult:
-        asked = bool(attempt.job.progress and attempt.job.progress.get("upstream_asked"))
-        if not asked and self.upstream is not None:
+        progress = attempt.job.progress or {}
+        queued: dict[str, list[int]] = dict(progress.get("upstream_jobs") or {})
+        if self.upstream is not None:
+            # Every look: a route's forward that failed since is taken over by ctnode's own job.
             uids = [
                 i.reference.sop_instance_uid
                 for i in self.transactions.items(tx.transaction_uid)
                 if i.answer is Answer.PENDING
             ]
-            self.upstream.ask(attempt, tx, uids)
-        looks = int((attempt.job.progress or {}).get("looks", 0))
+            queued = self.upstream.ask(
+                attempt, tx, uids, queued, first=not progress.get("upstream_asked")
+            )
+        looks = int(progress.get("looks", 0))
         delay = RECHECK_SECONDS[min(looks, len(RECHECK_SECONDS) - 1)]
         if tx.deadline is not None:
             left = (tx.deadline - utcnow()).total_seconds()
@@ -181,7 +196,12 @@ class ReportOperation:
         return AttemptResult(
             Outcome.WAIT,
             wait_seconds=delay,
-            result={"upstream_asked": True, "looks": looks + 1, "pending": pending},
+            result={
+                "upstream_asked": True,
+                "upstream_jobs": queued,
+                "looks": looks + 1,
+                "pending": pending,
+            },
             message=f"{pending} instance(s) not yet committed by {', '.join(tx.upstream)}",
         )
 
