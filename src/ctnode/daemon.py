@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from ctnode.commitment import Reconciler, Retention
+from ctnode.commit_report_intake import Reconciler
 from ctnode.commitment_scp.intake import Intake
 from ctnode.commitment_scp.report import ReportOperation
 from ctnode.commitment_scp.transactions import IncomingCommitments
@@ -41,16 +41,17 @@ from ctnode.metrics import (
     data_dir_check,
     readiness,
 )
-from ctnode.moves import MoveRegistry
+from ctnode.move_registry import MoveRegistry
 from ctnode.peers import Peer, PeerRegistry, load_peers
 from ctnode.pools import prewarm
 from ctnode.qrindex import QrIndex
 from ctnode.queue.attempt import Operation
-from ctnode.queue.commitment import CommitmentRepository
+from ctnode.queue.commit_rounds import CommitmentRepository
 from ctnode.queue.jobs import JobKind
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.wakeup import WakeListener
 from ctnode.queue.worker import WorkerPool
+from ctnode.retention import Retention
 from ctnode.routing.decisions import RouteHolder
 from ctnode.routing.forwarder import Forwarder
 from ctnode.routing.rules import load_routes

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from ctnode.config import load_settings
 from ctnode.dicom.commitment import new_transaction_uid
-from ctnode.queue.commitment import CommitmentRepository
+from ctnode.queue.commit_rounds import CommitmentRepository
 from tests.helpers.dicomgen import write_series
 from tests.helpers.fake_commitment import FakeCommitmentSCP
 from tests.helpers.jobs import job_json, repo_of, submit_commit, wait_job

@@ -18,7 +18,7 @@ from ctnode.db import migrate
 from ctnode.db.engine import create_db_engine, session_factory
 from ctnode.db.models import Instance, InstanceCommitment
 from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE
-from ctnode.queue.commitment import CommitmentRepository
+from ctnode.queue.commit_rounds import CommitmentRepository
 from ctnode.queue.jobs import ItemOutcome, ItemState, JobKind, JobState, NewItem
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import RetryPolicy

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ctnode.commitment import Reconciler, Retention
+from ctnode.commit_report_intake import Reconciler
 from ctnode.config import StorageSettings
 from ctnode.daemon import Runtime
 from ctnode.db.models import CommitTransaction, Instance, InstanceCommitment
@@ -26,10 +26,11 @@ from ctnode.dicom.commitment import (
     encode_report,
 )
 from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE
-from ctnode.queue.commitment import CommitmentRepository, ReportOutcome, TransactionState
+from ctnode.queue.commit_rounds import CommitmentRepository, ReportOutcome, TransactionState
 from ctnode.queue.jobs import ItemState, Job, JobKind, JobState, NewItem
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import RetryPolicy
+from ctnode.retention import Retention
 from ctnode.storage import Store, StoreRequest
 from tests.helpers.dicomgen import encode_dataset, make_dataset, new_ids
 from tests.helpers.fake_commitment import FakeCommitmentSCP

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 
 from ctnode.dicom import status as st
-from ctnode.moves import Arrival
+from ctnode.move_registry import Arrival
 from ctnode.queue.jobs import ItemState, ItemUpsert
 from ctnode.scu.move_outcome import Counts, MoveFinal
 from ctnode.scu.move_plan import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ctnode.moves import MoveRegistry
+from ctnode.move_registry import MoveRegistry
 from ctnode.ul.dimse import Command
 
 

@@ -267,7 +267,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         except (OSError, ValueError) as exc:
             ready = {"ready": False, "error": str(exc)}
         query_retrieve = _qr_figures(host, port)
-    from ctnode.queue.commitment import CommitmentRepository
+    from ctnode.queue.commit_rounds import CommitmentRepository
 
     summary = repo.summary()
     failed = repo.failed_since(24)

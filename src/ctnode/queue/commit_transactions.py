@@ -16,7 +16,7 @@ A commit job asks in *rounds*: each round is one transaction (a new Transaction 
     no longer awaited: a newer round replaced it, or a late report of an earlier round already
     committed every instance of the job it still asked about.
 
-Rounds are written by ``queue.commitment``, reports applied by ``queue.commit_reports``.
+Rounds are written by ``queue.commit_rounds``, reports applied by ``queue.commit_reports``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ctnode.dicom.status import hex_status
-from ctnode.queue.commitment import CommitmentRepository
+from ctnode.queue.commit_rounds import CommitmentRepository
 from ctnode.queue.jobs import ItemState, JobKind
 from ctnode.queue.repository import JobRepository
 

@@ -1,5 +1,5 @@
 """The job repository: the one writer of job rows, their items and their events (commit jobs'
-rounds and reports are written by ``queue.commitment`` through the same fenced update).
+rounds and reports are written by ``queue.commit_rounds`` through the same fenced update).
 
 It submits jobs, claims them with a lease, renews the lease, records item outcomes and
 arrivals, and ends attempts (finished, retried later, waiting, released); users cancel and
@@ -13,7 +13,7 @@ Waiting (storage commitment): ``wait_until`` parks a job in ``waiting`` with no 
 deadline; claiming it again *resumes* the same attempt (``attempts`` is not incremented).
 ``wake`` makes a waiting job runnable at once (a commitment report arrived); a wake that comes
 while the attempt is still running is not lost: ``wait_until`` keeps the job runnable. The
-commitment tables are written by ``queue.commitment`` with the same fenced update.
+commitment tables are written by ``queue.commit_rounds`` with the same fenced update.
 
 A ``JobRepository`` is also a ``JobReader`` (``queue.reads``: every write answers with the job
 as it is now) and a ``NodeLiveness`` (``queue.nodes``: the worker pool's heartbeat), so one

@@ -29,14 +29,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ctnode.commitment import Reconciler, Retention
+from ctnode.commit_report_intake import Reconciler
 from ctnode.config import NodeSettings
 from ctnode.db.types import utcnow
 from ctnode.dicom.commitment import new_transaction_uid
 from ctnode.queue.attempt import Attempt, AttemptResult, Outcome
-from ctnode.queue.commitment import CommitmentRepository, Transaction, TransactionState
+from ctnode.queue.commit_rounds import CommitmentRepository, Transaction, TransactionState
 from ctnode.queue.jobs import ItemOutcome, ItemRow, ItemState
 from ctnode.queue.retry import RetryPolicy
+from ctnode.retention import Retention
 from ctnode.scu.commit_request import request_commitment
 from ctnode.scu.commit_round import (
     DONE_STATES,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ctnode.commitment import Reconciler
+from ctnode.commit_report_intake import Reconciler
 from ctnode.config import NodeSettings
 from ctnode.dicom import status as st
 from ctnode.dicom.commitment import ACTION_REQUEST_COMMITMENT, Sender, SopReference, encode_action

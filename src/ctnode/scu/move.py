@@ -14,8 +14,9 @@ One attempt = one association to the PACS carrying one or more C-MOVE requests:
 
 Pending responses become the job's ``progress`` (remaining, completed, failed, warning, plus
 ``arrived`` when the destination is ctnode). Sub-operations towards ctnode are matched to the job
-by ``ctnode.moves.MoveRegistry`` and written as job items (one per SOP Instance UID that arrived;
-instances the PACS reports as failed become failed items until they arrive; ``scu.move_tally``).
+by ``ctnode.move_registry.MoveRegistry`` and written as job items (one per SOP Instance UID
+that arrived; instances the PACS reports as failed become failed items until they arrive;
+``scu.move_tally``).
 
 Final statuses (``scu.move_outcome.classify_move``):
 
@@ -42,7 +43,7 @@ from ctnode.dicom import status as st
 from ctnode.dicom.contexts import BASIC_SYNTAXES, STUDY_ROOT_FIND, STUDY_ROOT_MOVE
 from ctnode.errors import PermanentError, TransientError, UsageError
 from ctnode.index import IndexReader
-from ctnode.moves import MoveRegistry, MoveTracker
+from ctnode.move_registry import MoveRegistry, MoveTracker
 from ctnode.queue.attempt import Attempt, AttemptResult, Outcome, StopReason, outcome_of
 from ctnode.queue.jobs import ItemState, ItemUpsert
 from ctnode.scu.association import params_for

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ctnode.dicom import status as st
-from ctnode.moves import Arrival
+from ctnode.move_registry import Arrival
 from ctnode.queue.jobs import ItemState, ItemUpsert
 from ctnode.scu.move_outcome import Counts, MoveFinal
 from ctnode.scu.move_request import MoveRequest

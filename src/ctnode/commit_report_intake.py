@@ -1,94 +1,40 @@
-"""Storage commitment: reconciling reports, and retention after a valid commitment.
+"""Storage commitment reports a peer sends back to ctnode (SCU side): decode, match, apply, log.
 
 ``Reconciler.handle_inbound`` is the SCP's N-EVENT-REPORT handler (a report on a new association
 opened by the PACS, which proposed the SCP role); ``Reconciler.process`` also serves a report
-sent on the N-ACTION's own association (``scu.commit_request``). Either way the report is decoded, matched
-by Transaction UID *and* sender, and applied in one database transaction
-(``queue.commitment.CommitmentRepository.apply_report``); the waiting commit job is then runnable
-and a worker concludes it. Statuses of the N-EVENT-REPORT-RSP:
+sent on the N-ACTION's own association (``scu.commit_request``). Either way the report is
+decoded, matched by Transaction UID *and* sender, and applied in one database transaction
+(``queue.commit_rounds.CommitmentRepository.apply_report``); the waiting commit job is then
+runnable and a worker concludes it. Statuses of the N-EVENT-REPORT-RSP:
 
 * 0x0000 processed: applied (on time); applied late — the transaction is expired or superseded
   but its job is not finished, so the report is applied under the newest-question rule of
-  ``queue.commitment`` (an older transaction never downgrades an instance, and the job is woken
+  ``queue.commit_reports`` (an older transaction never downgrades an instance, and the job is woken
   once nothing is left pending); noted for a job that has finished (results not applied); or a
   repeat of a report already processed (nothing changes)
 * 0x0110 processing failure: unknown Transaction UID, a report from anyone but the peer that was
   asked (calling AE title and configured host), an undecodable data set, or the database failed;
   nothing changes
 * 0x0113 no such event type: Event Type ID other than 1 or 2; nothing changes
-
-Retention (``storage.delete_after_commit``, off by default): a local instance is removed from the
-store only once a peer listed in ``storage.commitment_peers`` has committed it, never on C-STORE
-success alone; removal goes through ``Store.remove`` (file unlinked, directory fsynced, index row
-marked ``deleted_at``). An instance that routing still has to forward somewhere (a pending,
-queued or failed match) stays; the forwarder removes it once it has been delivered everywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ctnode.config import StorageSettings
 from ctnode.dicom import status as st
 from ctnode.dicom.commitment import EVENT_TYPES, ReportError, Sender, parse_report
 from ctnode.logs import get_logger
-from ctnode.queue.commitment import CommitmentRepository, ReportOutcome, ReportResult
-from ctnode.storage import Store
+from ctnode.queue.commit_rounds import CommitmentRepository, ReportOutcome, ReportResult
+from ctnode.retention import Retention
 from ctnode.ul.acceptor import AssociationInfo
 from ctnode.ul.dimse import Command
 
 log = get_logger("ctnode.commitment")
 
 NO_SUCH_EVENT_TYPE = 0x0113
-
-
-class Retention:
-    """Removes local instances once a commitment peer has committed them (when enabled)."""
-
-    def __init__(self, settings: StorageSettings, store: Store | None) -> None:
-        self.settings = settings
-        self.store = store
-        #: The instances among those given that must stay (routing: not yet delivered to every
-        #: destination); set by the daemon. Their removal waits for the forwarder.
-        self.holds: Callable[[list[str]], set[str]] | None = None
-
-    def applies_to(self, peer: str) -> bool:
-        """True if a commitment by *peer* lets local copies go."""
-        return (
-            self.settings.delete_after_commit
-            and self.store is not None
-            and peer in self.settings.commitment_peers
-        )
-
-    def apply(self, peer: str, sop_instance_uids: Iterable[str]) -> int:
-        """Remove the local copies of instances *peer* committed; returns how many went."""
-        if not self.applies_to(peer):
-            return 0
-        assert self.store is not None
-        removed = 0
-        uids = list(dict.fromkeys(sop_instance_uids))
-        held: set[str] = set()
-        if self.holds is not None:
-            try:
-                held = self.holds(uids)
-            except SQLAlchemyError as exc:  # cannot tell: keep everything for now
-                log.warning("storage.remove_failed", peer=peer, error=str(exc).splitlines()[0])
-                return 0
-        for uid in uids:
-            if uid in held:
-                continue
-            try:
-                if self.store.remove(uid, reason=f"committed by peer {peer!r}"):
-                    removed += 1
-            except (OSError, SQLAlchemyError) as exc:
-                log.warning(
-                    "storage.remove_failed", sop_instance_uid=uid, peer=peer, error=str(exc)
-                )
-        if removed:
-            log.info("commitment.retention", peer=peer, removed=removed)
-        return removed
 
 
 class Reconciler:
