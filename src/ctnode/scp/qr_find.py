@@ -104,7 +104,7 @@ class FindService:
         problem = M.check_identifier(model, identifier.level, identifier.values())
         if problem is not None:
             return status.DATASET_MISMATCH, problem, {}
-        matchers, unsupported, filters = self._plan(model, identifier)
+        matchers, unsupported, keys = self._plan(model, identifier)
         fields["matching_keys"] = sorted(M.KEYS[t].keyword for t, _ in matchers)
         if unsupported:
             fields["unsupported_keys"] = unsupported
@@ -116,7 +116,7 @@ class FindService:
         sent = 0
         first_ms: float | None = None
         try:
-            for entity in self.index.entities(identifier.level, filters):
+            for entity in self.index.entities(identifier.level, keys):
                 if not M.matches(entity, matchers):
                     continue
                 dataset = self._response(identifier, entity, explicit)
@@ -138,13 +138,13 @@ class FindService:
 
     def _plan(
         self, model: str, identifier: Identifier
-    ) -> tuple[list[tuple[int, M.Matcher]], list[str], dict[int, list[str]]]:
+    ) -> tuple[list[tuple[int, M.Matcher]], list[str], dict[int, tuple[str, str]]]:
         """Matchers of the keys at or above the query level, the keywords of matching keys
-        ctnode does not index, and the SQL narrowing (Patient ID, UID lists)."""
+        ctnode does not index, and those keys as the index narrows by them (tag -> VR, value)."""
         rank = M.level_rank(identifier.level, model)
         matchers: list[tuple[int, M.Matcher]] = []
         unsupported: list[str] = []
-        filters: dict[int, list[str]] = {}
+        keys: dict[int, tuple[str, str]] = {}
         for tag, key in identifier.keys.items():
             known = M.KEYS.get(tag)
             if known is None:
@@ -159,12 +159,8 @@ class FindService:
             if matcher is None:
                 continue
             matchers.append((tag, matcher))
-            value = key.value.strip(" \x00")
-            if known.vr == "UI" and tag in (M.STUDY_UID, M.SERIES_UID, M.SOP_UID):
-                filters[tag] = [u.strip(" \x00") for u in value.split("\\") if u.strip(" \x00")]
-            elif tag == M.PATIENT_ID and not any(ch in value for ch in "*?\\"):
-                filters[tag] = [value]
-        return matchers, unsupported, filters
+            keys[tag] = (known.vr, key.value)
+        return matchers, unsupported, keys
 
     def _response(self, identifier: Identifier, entity: Entity, explicit: bool) -> bytes:
         """The identifier of one match: every requested key, the unique keys at and above the
