@@ -149,13 +149,21 @@ def test_decisions_are_committed_with_the_instance_and_forwarded_once_stable(
     assert {(r.state, r.route, r.destination, r.trigger) for r in rows} == {
         ("pending", "ct", "pacs", "study")
     }
-    clock.now = max(r.matched_at for r in rows) + timedelta(seconds=29)
+    newest = max(r.matched_at for r in rows)
+    clock.now = newest + timedelta(seconds=29)
     assert forwarder.step() == 0
+    # the next pass is timed to the study's due time (at most a second away)
+    assert forwarder.next_due == newest + timedelta(seconds=30)
+    assert forwarder.pause() == forwarder.interval
+    clock.now = newest + timedelta(seconds=29.75)
+    assert 0.25 <= forwarder.pause() <= 0.26
+    clock.now = newest + timedelta(seconds=29)
     (waiting,) = _study_routes(sessions, [ids.study], clock.now)[ids.study]
     assert waiting.state == "waiting" and 0 < waiting.stable_in <= 1.5
     assert waiting.text().startswith("pacs: stable in")
     clock.advance(2)
     assert forwarder.step() == 1
+    assert forwarder.next_due is None and forwarder.pause() == forwarder.interval
     rows = _matches(sessions)
     assert {r.state for r in rows} == {"queued"} and len({r.job_id for r in rows}) == 1
     repo = forwarder.repo

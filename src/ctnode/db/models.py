@@ -281,8 +281,9 @@ class RouteMatch(Base):
     #: delivered, failed (``error`` says why)
     state: Mapped[str] = mapped_column(String(16))
     #: The forward that took it: a token written before the job exists, then the job's id.
-    batch: Mapped[str | None] = mapped_column(String(64), index=True)
-    job_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    #: Not indexed (each index costs every ingest a write): rows are found by state first.
+    batch: Mapped[str | None] = mapped_column(String(64))
+    job_id: Mapped[int | None] = mapped_column(Integer)
     matched_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)

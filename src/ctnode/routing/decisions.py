@@ -4,13 +4,15 @@
 (swapped whole on reload), tells the scan which extra tags the routes read, and turns a scanned
 instance into its rows: one per destination, state ``pending``. It costs the receive path a few
 dictionary and set lookups per route (patterns were compiled when the routes were loaded) and
-no database round trip: the rows go into the instance row's transaction.
+no database round trip: the rows go into the instance row's transaction, all rows of a group
+commit in one driver-level ``executemany`` (``storage.rows.PreparedInsert``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from ctnode.db.types import utcnow
@@ -67,10 +69,17 @@ def tags_read(routes: RouteSet, *, everything: bool = False) -> tuple[tuple[int,
 
 
 def match_row(
-    route: Route, destination: str, sop_instance_uid: str, study: str, series: str, node: str
+    route: Route,
+    destination: str,
+    sop_instance_uid: str,
+    study: str,
+    series: str,
+    node: str,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """A ``route_matches`` row in state pending (its ``matched_at`` is now)."""
-    now = utcnow()
+    """A ``route_matches`` row in state pending, matched *now*; the columns that start empty
+    (``batch``, ``job_id``, ``error``) are left to their NULL default."""
+    now = now or utcnow()
     return {
         "route": route.name,
         "destination": destination,
@@ -82,11 +91,8 @@ def match_row(
         "commit": route.config.commit,
         "node_name": node,
         "state": PENDING,
-        "batch": None,
-        "job_id": None,
         "matched_at": now,
         "updated_at": now,
-        "error": None,
     }
 
 
@@ -129,11 +135,15 @@ class RouteHolder:
                 retrieved=request.retrieved,
                 read=read,
             )
+            chosen = decide(active, facts)
+            if not chosen:
+                return []
             study = scan.text(tags.STUDY_INSTANCE_UID) or ""
             series = scan.text(tags.SERIES_INSTANCE_UID) or ""
+            uid, now = request.sop_instance_uid, utcnow()
             return [
-                match_row(route, dest, request.sop_instance_uid, study, series, self.node_name)
-                for route, dest in decide(active, facts)
+                match_row(route, dest, uid, study, series, self.node_name, now)
+                for route, dest in chosen
             ]
         except Exception as exc:  # a routing bug must never refuse an instance
             log.exception(

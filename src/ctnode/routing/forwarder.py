@@ -1,7 +1,10 @@
 """Forwarding: pending routing decisions become push jobs once their study/series is stable, and
 the jobs' item outcomes become delivery states.
 
-One pass (``Forwarder.step``, run off the event loop about once a second) does three things:
+One pass (``Forwarder.step``, run off the event loop) does three things, and notes when the
+next waiting group becomes due: the next pass starts then (at most ``interval`` later, 1 s, so
+new arrivals and ended jobs are seen), so a study is forwarded ``stable_after`` after its last
+instance plus one pass, not plus up to a second:
 
 1. **Recover**: rows taken into a forward whose job was not yet written (a crash between the two
    steps below) get their job now; the idempotency key is the batch token, so a job written
@@ -59,6 +62,8 @@ FAILED = "failed"
 MAX_JOB_ITEMS = 5000
 _DONE_JOB_STATES = ("succeeded", "failed", "cancelled")
 _DELIVERED_ITEMS = ("succeeded", "warning")
+#: Seconds past a group's due time at which the pass runs (timestamps are microseconds).
+_DUE_MARGIN = 0.005
 
 
 class Forwarder:
@@ -89,6 +94,8 @@ class Forwarder:
         #: Retention (``commitment.Retention.apply``): instances delivered everywhere that a
         #: commitment peer already committed leave the disk (their removal waited for routing).
         self.release: Callable[[str, list[str]], int] | None = None
+        #: When the soonest group still waiting becomes ready (set by each pass; None: none).
+        self.next_due: datetime | None = None
 
     # ------------------------------------------------------------------ one pass
 
@@ -101,9 +108,13 @@ class Forwarder:
         """Recover, dispatch ready groups, reconcile ended jobs; returns jobs submitted."""
         submitted = self.recover()
         now = self.clock()
+        due: datetime | None = None
         for group in self.pending_groups():
             if group.ready(now):
                 submitted += self.dispatch(group)
+            elif due is None or group.due < due:
+                due = group.due
+        self.next_due = due
         self.reconcile()
         if submitted and self.notify is not None:
             self.notify()
@@ -365,12 +376,22 @@ class Forwarder:
 
     # ------------------------------------------------------------------ life cycle
 
+    def pause(self) -> float:
+        """Seconds until the next pass: until the next group is due (a hair after, so it is
+        ready), at most ``interval``."""
+        if self.next_due is None:
+            return self.interval
+        until = (self.next_due - self.clock()).total_seconds() + _DUE_MARGIN
+        return min(self.interval, max(_DUE_MARGIN, until))
+
     async def run(self, stop: asyncio.Event) -> None:
-        """A pass every ``interval`` seconds until *stop*; a failed pass is logged, not raised."""
+        """Passes until *stop*, each ``pause()`` after the last; a failed pass is logged, not
+        raised (and the next one waits ``interval``)."""
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self.step)
             except Exception as exc:
+                self.next_due = None
                 log.warning("route.pass_failed", error=str(exc).splitlines()[0] or repr(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+                await asyncio.wait_for(stop.wait(), self.pause())

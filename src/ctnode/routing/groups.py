@@ -26,10 +26,16 @@ class Group:
     oldest: datetime
     stable_after: float
 
+    @property
+    def due(self) -> datetime:
+        """When the group becomes ready: its newest match plus ``stable_after`` (instance:
+        its oldest plus the gathering window), unless a newer match arrives first."""
+        since = self.oldest if self.trigger == "instance" else self.newest
+        return since + timedelta(seconds=self.stable_after)
+
     def ready(self, now: datetime) -> bool:
         """Stable (study/series) or gathered long enough (instance)."""
-        since = self.oldest if self.trigger == "instance" else self.newest
-        return since <= now - timedelta(seconds=self.stable_after)
+        return self.due <= now
 
     def log_context(self) -> dict[str, Any]:
         """Fields of the group's log lines (UIDs, no patient data)."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from pydicom.charset import convert_encodings, decode_bytes
 from sqlalchemy import Engine, Table, bindparam, insert, select
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import IntegrityError
 
 from ctnode.db.engine import READ_ONLY
@@ -36,10 +38,35 @@ _SELECT_EXISTING = select(
     _INSTANCES.c.series_instance_uid,
 ).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
 _INSERT_INSTANCE = insert(_INSTANCES)
-_ROUTE_MATCHES = RouteMatch.__table__
-assert isinstance(_ROUTE_MATCHES, Table)
-#: Routing decisions, inserted with the instance rows they belong to (``Decisions``).
-_INSERT_ROUTE_MATCHES = insert(_ROUTE_MATCHES)
+_ROUTE_MATCHES_TABLE = RouteMatch.__table__
+assert isinstance(_ROUTE_MATCHES_TABLE, Table)
+_ROUTE_MATCHES: Table = _ROUTE_MATCHES_TABLE
+
+
+class PreparedInsert:
+    """An INSERT of fixed columns compiled once for a dialect and run as one driver-level
+    ``executemany``; values go through the columns' own bind processors, so rows are given
+    as for Core. Routing's rows use it: Core's per-execution work cost more than the rows."""
+
+    def __init__(self, table: Table, keys: Sequence[str], dialect: Dialect) -> None:
+        compiled = insert(table).compile(dialect=dialect, column_keys=list(keys))
+        self.sql = compiled.string
+        self.positional = bool(compiled.positional)
+        names = list(compiled.positiontup or ()) if self.positional else list(keys)
+        self.columns: list[tuple[str, Callable[[Any], Any] | None]] = [
+            (name, table.c[name].type.bind_processor(dialect)) for name in names
+        ]
+
+    def execute(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert *rows* (dicts with exactly the prepared keys) in one statement."""
+        converted = [
+            tuple(row[n] if p is None else p(row[n]) for n, p in self.columns) for row in rows
+        ]
+        if self.positional:
+            conn.exec_driver_sql(self.sql, converted)
+        else:
+            names = [n for n, _ in self.columns]
+            conn.exec_driver_sql(self.sql, [dict(zip(names, r, strict=True)) for r in converted])
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +237,7 @@ class GroupCommit:
         self._cond = threading.Condition()
         self._queue: list[_PendingRow] = []
         self._busy = False
+        self._decided_inserts: dict[tuple[str, ...], PreparedInsert] = {}
 
     def insert(self, values: dict[str, Any], decided: list[dict[str, Any]] | None = None) -> None:
         """Insert one row (and its *decided* ``route_matches`` rows) and commit it (durably,
@@ -255,4 +283,12 @@ class GroupCommit:
             conn.execute(_INSERT_INSTANCE, [row.values for row in rows])
             decided = [values for row in rows for values in row.decided]
             if decided:
-                conn.execute(_INSERT_ROUTE_MATCHES, decided)
+                self._decided_insert(tuple(decided[0])).execute(conn, decided)
+
+    def _decided_insert(self, keys: tuple[str, ...]) -> PreparedInsert:
+        """The ``route_matches`` insert for rows with *keys* (every decided row has the same)."""
+        prepared = self._decided_inserts.get(keys)
+        if prepared is None:
+            prepared = PreparedInsert(_ROUTE_MATCHES, keys, self.engine.dialect)
+            self._decided_inserts[keys] = prepared
+        return prepared
