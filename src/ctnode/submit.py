@@ -150,10 +150,46 @@ def stored_items(
     ]
 
 
-def _wake_if_created(settings: Settings, job: Job, created: bool, *, wake: bool) -> None:
-    """Poke the node for a job just created (when asked to)."""
+def _store_selection(
+    settings: Settings, repository: JobRepository, study: str | None, series: str | None
+) -> tuple[list[NewItem], dict[str, Any], str | None]:
+    """The items, ``source`` payload and node of a job over a study/series of the local store:
+    any node may run it when the store is shared (``storage.shared``), else this one."""
+    index = IndexReader(repository.sessions)
+    items = stored_items(index, settings.storage.store_dir, study=study, series=series)
+    source = {"source": "store", "study": study, "series": series}
+    return items, source, None if settings.storage.shared else settings.node.name
+
+
+def _submit(
+    settings: Settings,
+    repository: JobRepository,
+    kind: JobKind,
+    target: Peer,
+    payload: dict[str, Any],
+    items: Sequence[NewItem] = (),
+    skipped: tuple[Skipped, ...] = (),
+    *,
+    priority: int,
+    node_name: str | None,
+    idempotency_key: str | None = None,
+    wake: bool,
+) -> Submission:
+    """Write the job (the retry policy of *target*) and poke the node when it was just created
+    (if asked to)."""
+    job, created = repository.submit(
+        kind,
+        target.name,
+        payload,
+        items,
+        policy=retry_policy(settings, target),
+        priority=priority,
+        node_name=node_name,
+        idempotency_key=idempotency_key,
+    )
     if wake and created:
         wake_node(settings, job.id)
+    return Submission(job, created, repository, skipped)
 
 
 # ------------------------------------------------------------------ the four kinds
@@ -192,11 +228,7 @@ def submit_push(
     if paths:
         items, skipped, source = file_items(paths, report)
     else:
-        index = IndexReader(repository.sessions)
-        items = stored_items(index, settings.storage.store_dir, study=study, series=series)
-        source = {"source": "store", "study": study, "series": series}
-        if settings.storage.shared:
-            node_name = None
+        items, source, node_name = _store_selection(settings, repository, study, series)
     if not items:
         raise UsageError(
             "nothing to push: no DICOM files found"
@@ -205,18 +237,19 @@ def submit_push(
         )
     if commit:
         source = {**source, "commit": True}
-    job, created = repository.submit(
+    return _submit(
+        settings,
+        repository,
         JobKind.PUSH,
-        peer,
+        target,
         source,
         items,
-        policy=retry_policy(settings, target),
+        skipped,
         priority=priority,
         node_name=node_name,
         idempotency_key=idempotency_key,
+        wake=wake,
     )
-    _wake_if_created(settings, job, created, wake=wake)
-    return Submission(job, created, repository, skipped)
 
 
 def submit_commit(
@@ -257,11 +290,7 @@ def submit_commit(
         node_name = pushed.node_name
         source = {"source": "push", "push_job": push_job}
     else:
-        index = IndexReader(repository.sessions)
-        items = stored_items(index, settings.storage.store_dir, study=study, series=series)
-        source = {"source": "store", "study": study, "series": series}
-        if settings.storage.shared:
-            node_name = None
+        items, source, node_name = _store_selection(settings, repository, study, series)
     if not items:
         raise UsageError(
             "nothing to commit: "
@@ -273,18 +302,19 @@ def submit_commit(
                 else "no such study/series in the local store (see `ctnode studies`)"
             )
         )
-    job, created = repository.submit(
+    return _submit(
+        settings,
+        repository,
         JobKind.COMMIT,
-        peer,
+        target,
         source,
         items,
-        policy=retry_policy(settings, target),
+        skipped,
         priority=priority,
         node_name=node_name,
         idempotency_key=idempotency_key,
+        wake=wake,
     )
-    _wake_if_created(settings, job, created, wake=wake)
-    return Submission(job, created, repository, skipped)
 
 
 def submit_query(
@@ -310,15 +340,16 @@ def submit_query(
     target = outbound_peer(settings, peer, "find")
     final_level, query_keys = build_keys(level, keys)
     repository = repository or open_repository(settings)
-    job, created = repository.submit(
+    return _submit(
+        settings,
+        repository,
         JobKind.QUERY,
-        peer,
+        target,
         query_payload(final_level, query_keys, limit),
-        policy=retry_policy(settings, target),
         priority=priority,
+        node_name=None,
+        wake=wake,
     )
-    _wake_if_created(settings, job, created, wake=wake)
-    return Submission(job, created, repository)
 
 
 def submit_move(
@@ -351,14 +382,14 @@ def submit_move(
             f"add store to accept in {target.path}"
         )
     repository = repository or open_repository(settings)
-    job, created = repository.submit(
+    return _submit(
+        settings,
+        repository,
         JobKind.MOVE,
-        peer,
+        target,
         request.to_payload(),
-        policy=retry_policy(settings, target),
         priority=priority,
         node_name=settings.node.name if to_self else None,
         idempotency_key=idempotency_key,
+        wake=wake,
     )
-    _wake_if_created(settings, job, created, wake=wake)
-    return Submission(job, created, repository)
