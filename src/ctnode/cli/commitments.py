@@ -7,18 +7,21 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ctnode.cli.common import JsonOpt, emit_json, fail, open_repo, print_table, settings_of
+from ctnode.cli.common import JsonOpt, emit_json, fail, print_table, settings_of
 
 if TYPE_CHECKING:
-    from ctnode.commitment_scp.transactions import IncomingCommitments
+    from ctnode.commitment_scp.transactions import IncomingReader
 
 STATES = ("pending", "reported", "failed")
 
 
-def _store(ctx: typer.Context) -> IncomingCommitments:
-    from ctnode.commitment_scp.transactions import IncomingCommitments
+def _store(ctx: typer.Context) -> IncomingReader:
+    """A reader of incoming transactions (these commands write nothing)."""
+    from ctnode.commitment_scp.transactions import IncomingReader
+    from ctnode.db.engine import session_factory
+    from ctnode.db.opening import open_database
 
-    return IncomingCommitments(open_repo(settings_of(ctx)).sessions)
+    return IncomingReader(session_factory(open_database(settings_of(ctx), migrate_sqlite=True)))
 
 
 def commitments_list(

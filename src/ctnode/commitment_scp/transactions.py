@@ -143,13 +143,114 @@ class DuplicateTransaction(Exception):
     """The Transaction UID is already used by another peer's request."""
 
 
-class IncomingCommitments:
+class IncomingReader:
+    """Reads of incoming transactions and of what the index holds of their instances (the
+    ``ctnode commitments`` commands open only this)."""
+
+    def __init__(self, sessions: Callable[[], Session]) -> None:
+        self.sessions = sessions
+
+    def _counts(self, session: Session, uids: Sequence[str]) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for chunk in _chunks(list(uids)):
+            for uid, state, count in session.execute(
+                select(
+                    IncomingCommitmentItem.transaction_uid,
+                    IncomingCommitmentItem.state,
+                    func.count(),
+                )
+                .where(IncomingCommitmentItem.transaction_uid.in_(chunk))
+                .group_by(IncomingCommitmentItem.transaction_uid, IncomingCommitmentItem.state)
+            ):
+                out.setdefault(uid, {})[state] = int(count)
+        return out
+
+    def get(self, transaction_uid: str) -> IncomingTransaction | None:
+        """The transaction, or None."""
+        with self.sessions() as session:
+            row = session.get(IncomingCommitment, transaction_uid)
+            if row is None:
+                return None
+            counts = self._counts(session, [transaction_uid])
+            return IncomingTransaction.from_row(row, counts.get(transaction_uid, {}))
+
+    def transactions(
+        self, *, peer: str | None = None, state: str | None = None, limit: int = 200
+    ) -> list[IncomingTransaction]:
+        """Transactions, newest first."""
+        query = select(IncomingCommitment)
+        if peer is not None:
+            query = query.where(IncomingCommitment.peer == peer)
+        if state is not None:
+            query = query.where(IncomingCommitment.state == state)
+        query = query.order_by(IncomingCommitment.received_at.desc()).limit(limit)
+        with self.sessions() as session:
+            rows = list(session.scalars(query))
+            counts = self._counts(session, [r.transaction_uid for r in rows])
+            return [
+                IncomingTransaction.from_row(r, counts.get(r.transaction_uid, {})) for r in rows
+            ]
+
+    def items(self, transaction_uid: str) -> list[IncomingItem]:
+        """The requested instances, in request order."""
+        with self.sessions() as session:
+            return [
+                IncomingItem(
+                    SopReference(r.sop_class_uid, r.sop_instance_uid),
+                    Answer(r.state),
+                    r.failure_reason,
+                )
+                for r in session.scalars(
+                    select(IncomingCommitmentItem)
+                    .where(IncomingCommitmentItem.transaction_uid == transaction_uid)
+                    .order_by(IncomingCommitmentItem.seq)
+                )
+            ]
+
+    def pending_without_job(self) -> list[str]:
+        """Pending transactions whose report job was never recorded (a crash in between)."""
+        with self.sessions() as session:
+            return list(
+                session.scalars(
+                    select(IncomingCommitment.transaction_uid).where(
+                        IncomingCommitment.state == IncomingState.PENDING.value,
+                        IncomingCommitment.report_job_id.is_(None),
+                    )
+                )
+            )
+
+    def counts(self) -> dict[str, int]:
+        """Incoming transactions by state (metrics)."""
+        out = {state.value: 0 for state in IncomingState}
+        with self.sessions() as session:
+            for state, count in session.execute(
+                select(IncomingCommitment.state, func.count()).group_by(IncomingCommitment.state)
+            ):
+                out[state] = int(count)
+        return out
+
+    def held(self, sop_instance_uids: Iterable[str]) -> dict[str, Held]:
+        """What the index says about these instances (absent: never received)."""
+        uids = list(dict.fromkeys(sop_instance_uids))
+        out: dict[str, Held] = {}
+        with self.sessions() as session:
+            for chunk in _chunks(uids):
+                for uid, sop_class, deleted_at in session.execute(
+                    select(
+                        Instance.sop_instance_uid, Instance.sop_class_uid, Instance.deleted_at
+                    ).where(Instance.sop_instance_uid.in_(chunk))
+                ):
+                    out[uid] = Held(sop_class, deleted_at is None)
+        return out
+
+
+class IncomingCommitments(IncomingReader):
     """Reads and writes incoming transactions (see the module docstring)."""
 
     def __init__(
         self, sessions: Callable[[], Session], clock: Callable[[], datetime] = utcnow
     ) -> None:
-        self.sessions = sessions
+        super().__init__(sessions)
         self.clock = clock
 
     # ------------------------------------------------------------------ writes
@@ -304,98 +405,3 @@ class IncomingCommitments:
                 .values(**values)
             )
             session.commit()
-
-    # ------------------------------------------------------------------ reads
-
-    def _counts(self, session: Session, uids: Sequence[str]) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for chunk in _chunks(list(uids)):
-            for uid, state, count in session.execute(
-                select(
-                    IncomingCommitmentItem.transaction_uid,
-                    IncomingCommitmentItem.state,
-                    func.count(),
-                )
-                .where(IncomingCommitmentItem.transaction_uid.in_(chunk))
-                .group_by(IncomingCommitmentItem.transaction_uid, IncomingCommitmentItem.state)
-            ):
-                out.setdefault(uid, {})[state] = int(count)
-        return out
-
-    def get(self, transaction_uid: str) -> IncomingTransaction | None:
-        """The transaction, or None."""
-        with self.sessions() as session:
-            row = session.get(IncomingCommitment, transaction_uid)
-            if row is None:
-                return None
-            counts = self._counts(session, [transaction_uid])
-            return IncomingTransaction.from_row(row, counts.get(transaction_uid, {}))
-
-    def transactions(
-        self, *, peer: str | None = None, state: str | None = None, limit: int = 200
-    ) -> list[IncomingTransaction]:
-        """Transactions, newest first."""
-        query = select(IncomingCommitment)
-        if peer is not None:
-            query = query.where(IncomingCommitment.peer == peer)
-        if state is not None:
-            query = query.where(IncomingCommitment.state == state)
-        query = query.order_by(IncomingCommitment.received_at.desc()).limit(limit)
-        with self.sessions() as session:
-            rows = list(session.scalars(query))
-            counts = self._counts(session, [r.transaction_uid for r in rows])
-            return [
-                IncomingTransaction.from_row(r, counts.get(r.transaction_uid, {})) for r in rows
-            ]
-
-    def items(self, transaction_uid: str) -> list[IncomingItem]:
-        """The requested instances, in request order."""
-        with self.sessions() as session:
-            return [
-                IncomingItem(
-                    SopReference(r.sop_class_uid, r.sop_instance_uid),
-                    Answer(r.state),
-                    r.failure_reason,
-                )
-                for r in session.scalars(
-                    select(IncomingCommitmentItem)
-                    .where(IncomingCommitmentItem.transaction_uid == transaction_uid)
-                    .order_by(IncomingCommitmentItem.seq)
-                )
-            ]
-
-    def pending_without_job(self) -> list[str]:
-        """Pending transactions whose report job was never recorded (a crash in between)."""
-        with self.sessions() as session:
-            return list(
-                session.scalars(
-                    select(IncomingCommitment.transaction_uid).where(
-                        IncomingCommitment.state == IncomingState.PENDING.value,
-                        IncomingCommitment.report_job_id.is_(None),
-                    )
-                )
-            )
-
-    def counts(self) -> dict[str, int]:
-        """Incoming transactions by state (metrics)."""
-        out = {state.value: 0 for state in IncomingState}
-        with self.sessions() as session:
-            for state, count in session.execute(
-                select(IncomingCommitment.state, func.count()).group_by(IncomingCommitment.state)
-            ):
-                out[state] = int(count)
-        return out
-
-    def held(self, sop_instance_uids: Iterable[str]) -> dict[str, Held]:
-        """What the index says about these instances (absent: never received)."""
-        uids = list(dict.fromkeys(sop_instance_uids))
-        out: dict[str, Held] = {}
-        with self.sessions() as session:
-            for chunk in _chunks(uids):
-                for uid, sop_class, deleted_at in session.execute(
-                    select(
-                        Instance.sop_instance_uid, Instance.sop_class_uid, Instance.deleted_at
-                    ).where(Instance.sop_instance_uid.in_(chunk))
-                ):
-                    out[uid] = Held(sop_class, deleted_at is None)
-        return out
