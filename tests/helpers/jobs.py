@@ -5,15 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ctnode import submit
 from ctnode.config import load_settings
-from ctnode.daemon import open_database
 from ctnode.db.engine import create_db_engine
-from ctnode.peers import load_peers
-from ctnode.queue.jobs import JobKind
 from ctnode.queue.report import job_report
 from ctnode.queue.repository import JobRepository
-from ctnode.queue.retry import RetryPolicy
-from ctnode.scu.push import collect_files
 from tests.helpers.procs import CtnodeProcess
 from tests.helpers.waiting import wait_until
 
@@ -56,25 +52,9 @@ def wait_job(
 
 def submit_push(node: CtnodeProcess, peer: str, *paths: Path) -> int:
     """Queue a push of *paths* to *peer* as ``ctnode push`` does, in-process (no CLI start-up
-    cost); returns the job id."""
+    cost, the node not poked); returns the job id."""
     settings = load_settings(node.config_path)
-    target = load_peers(settings.peers_dir).get(peer)
-    items, skipped = collect_files(paths)
-    assert items and not skipped, skipped
-    policy = RetryPolicy.from_settings(target.config.retry or settings.queue.retry)
-    repo = JobRepository(open_database(settings, migrate_sqlite=True))
-    try:
-        job, _ = repo.submit(
-            JobKind.PUSH,
-            peer,
-            {"source": "files", "paths": [str(p) for p in paths]},
-            items,
-            policy=policy,
-            node_name=settings.node.name,
-        )
-    finally:
-        repo.engine.dispose()
-    return job.id
+    return _job_id(submit.submit_push(settings, peer=peer, paths=paths, wake=False))
 
 
 def submit_move(node: CtnodeProcess, peer: str, study: str) -> int:
@@ -83,41 +63,19 @@ def submit_move(node: CtnodeProcess, peer: str, study: str) -> int:
     from ctnode.scu.move_request import make_request
 
     settings = load_settings(node.config_path)
-    target = load_peers(settings.peers_dir).get(peer)
-    policy = RetryPolicy.from_settings(target.config.retry or settings.queue.retry)
-    repo = JobRepository(open_database(settings, migrate_sqlite=True))
-    try:
-        job, _ = repo.submit(
-            JobKind.MOVE,
-            peer,
-            make_request(study).to_payload(),
-            policy=policy,
-            node_name=settings.node.name,
-        )
-    finally:
-        repo.engine.dispose()
-    return job.id
+    request = make_request(study)
+    return _job_id(submit.submit_move(settings, peer=peer, request=request, wake=False))
 
 
 def submit_commit(node: CtnodeProcess, peer: str, *paths: Path) -> int:
     """Queue a storage commitment request for the files *paths* to *peer* as ``ctnode commit
     PEER PATH...`` does, in-process; returns the job id."""
-    from ctnode.scu.commit_submit import commit_policy
-
     settings = load_settings(node.config_path)
-    target = load_peers(settings.peers_dir).get(peer)
-    items, skipped = collect_files(paths)
-    assert items and not skipped, skipped
-    repo = JobRepository(open_database(settings, migrate_sqlite=True))
-    try:
-        job, _ = repo.submit(
-            JobKind.COMMIT,
-            peer,
-            {"source": "files", "paths": [str(p) for p in paths]},
-            items,
-            policy=commit_policy(settings, target),
-            node_name=settings.node.name,
-        )
-    finally:
-        repo.engine.dispose()
-    return job.id
+    return _job_id(submit.submit_commit(settings, peer=peer, paths=paths, wake=False))
+
+
+def _job_id(submission: submit.Submission) -> int:
+    """The id of the job just submitted (every file under the paths is in it)."""
+    submission.repository.engine.dispose()
+    assert not submission.skipped, submission.skipped
+    return submission.job.id
