@@ -7,7 +7,7 @@ prints the job id, its JSON, or — with ``--wait`` — follows it to the end.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from ctnode.cli.common import (
     wake_address,
 )
 from ctnode.cli.jobs import finish_job_command, finish_push_and_commit
+
+if TYPE_CHECKING:
+    from ctnode.submit import Submission
 
 PathsArg = Annotated[list[Path] | None, typer.Argument(help="Files or directories (recursive).")]
 StudyOpt = Annotated[str | None, typer.Option("--study", help="A study from the local store.")]
@@ -41,6 +44,13 @@ KeysOpt = Annotated[
 ]
 
 EXISTING = "job {} already exists for this idempotency key"
+
+
+def _job_id(submission: Submission) -> int:
+    """The submitted job's id, with a notice when its idempotency key named an existing job."""
+    if not submission.created:
+        notice(EXISTING.format(submission.job.id))
+    return submission.job.id
 
 
 def push(
@@ -80,9 +90,7 @@ def push(
         wake=False,  # finishing wakes the node (following it does too)
         report=notice,
     )
-    job_id = submission.job.id
-    if not submission.created:
-        notice(EXISTING.format(job_id))
+    job_id = _job_id(submission)
     extra = {"skipped": [{"path": s.path, "reason": s.reason} for s in submission.skipped]}
     if commit_after and wait:
         finish_push_and_commit(
@@ -128,9 +136,7 @@ def commit(
         wake=False,  # finishing wakes the node (following it does too)
         report=notice,
     )
-    job_id = submission.job.id
-    if not submission.created:
-        notice(EXISTING.format(job_id))
+    job_id = _job_id(submission)
     finish_job_command(settings, submission.repository, job_id, wait=wait, as_json=as_json)
 
 
@@ -226,9 +232,8 @@ def move(
     submission = submit_move(
         settings, peer=peer, request=request, priority=priority, idempotency_key=idempotency_key
     )
+    _job_id(submission)
     job = submission.job
-    if not submission.created:
-        notice(EXISTING.format(job.id))
     if wait:
         job = follow(submission.repository, job.id, wake=wake_address(settings))
         mismatch = (job.result or {}).get("arrival_mismatch")
