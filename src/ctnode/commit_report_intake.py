@@ -25,7 +25,7 @@ from collections.abc import Callable
 from sqlalchemy.exc import SQLAlchemyError
 
 from ctnode.dicom import status as st
-from ctnode.dicom.commitment import EVENT_TYPES, ReportError, Sender, parse_report
+from ctnode.dicom.commitment_messages import EVENT_TYPES, ReportError, Sender, parse_report
 from ctnode.logs import get_logger
 from ctnode.queue.commit_rounds import CommitmentRepository, ReportOutcome, ReportResult
 from ctnode.retention import Retention

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import Engine
 
 from ctnode.config import load_settings
-from ctnode.dicom.commitment import new_transaction_uid
+from ctnode.dicom.commitment_messages import new_transaction_uid
 from ctnode.queue.commit_rounds import CommitmentRepository
 from tests.helpers.dicomgen import write_series
 from tests.helpers.fake_commitment import FakeCommitmentSCP

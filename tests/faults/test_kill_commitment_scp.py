@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from ctnode.dicom.commitment import new_transaction_uid
+from ctnode.dicom.commitment_messages import new_transaction_uid
 from tests.helpers.dicomgen import write_series
 from tests.helpers.procs import CtnodeProcess
 from tests.helpers.scanner import Scanner

@@ -18,7 +18,7 @@ from ctnode.config import StorageSettings
 from ctnode.daemon import Runtime
 from ctnode.db.models import CommitTransaction, Instance, InstanceCommitment
 from ctnode.db.types import utcnow
-from ctnode.dicom.commitment import (
+from ctnode.dicom.commitment_messages import (
     CommitmentReport,
     FailedReference,
     Sender,

@@ -13,7 +13,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from ctnode.dicom.commitment import new_transaction_uid
+from ctnode.dicom.commitment_messages import new_transaction_uid
 from ctnode.dicom.contexts import CT_IMAGE, MR_IMAGE
 from tests.helpers.dicomgen import write_series
 from tests.helpers.procs import CtnodeProcess

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctnode.dicom.commitment import SopReference
+from ctnode.dicom.commitment_messages import SopReference
 from ctnode.peers import Peer, PeerConfig
 from ctnode.queue.attempt import Outcome
 from ctnode.queue.jobs import ItemRow, ItemState

@@ -6,7 +6,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from ctnode.dicom.commitment import (
+from ctnode.dicom.commitment_messages import (
     UNKNOWN_FAILURE_REASON,
     CommitmentReport,
     FailedReference,

@@ -16,7 +16,7 @@ from ctnode.commitment_scp.decide import (
     report_of,
 )
 from ctnode.commitment_scp.requests import Refusal, read_request
-from ctnode.dicom.commitment import CommitmentAction, SopReference
+from ctnode.dicom.commitment_messages import CommitmentAction, SopReference
 from ctnode.dicom.contexts import (
     CT_IMAGE,
     EXPLICIT_VR_LE,

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ctnode.dicom.commitment import (
+from ctnode.dicom.commitment_messages import (
     EVENT_ALL_COMMITTED,
     EVENT_FAILURES_EXIST,
     CommitmentReport,

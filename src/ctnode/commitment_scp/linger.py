@@ -20,7 +20,7 @@ from ctnode.commitment_scp.decide import Answer, report_of
 from ctnode.commitment_scp.report import ReportOperation, event_fields, report_log_fields
 from ctnode.commitment_scp.transactions import IncomingCommitments, IncomingTransaction
 from ctnode.dicom import status as st
-from ctnode.dicom.commitment import encode_report
+from ctnode.dicom.commitment_messages import encode_report
 from ctnode.logs import get_logger
 from ctnode.queue.repository import JobRepository
 from ctnode.ul.acceptor import AcceptedContext, AssociationInfo

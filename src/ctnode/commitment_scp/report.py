@@ -32,7 +32,7 @@ from ctnode.commitment_scp.transactions import (
 from ctnode.config import NodeSettings
 from ctnode.db.types import utcnow
 from ctnode.dicom import status as st
-from ctnode.dicom.commitment import CommitmentReport, encode_report
+from ctnode.dicom.commitment_messages import CommitmentReport, encode_report
 from ctnode.dicom.contexts import (
     BASIC_SYNTAXES,
     STORAGE_COMMITMENT_PUSH,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ctnode.dicom.commitment import (
+from ctnode.dicom.commitment_messages import (
     ACTION_REQUEST_COMMITMENT,
     ActionError,
     CommitmentAction,

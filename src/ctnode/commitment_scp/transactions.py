@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from ctnode.commitment_scp.decide import Answer, Held, Verdict
 from ctnode.db.models import IncomingCommitment, IncomingCommitmentItem, Instance
 from ctnode.db.types import utcnow
-from ctnode.dicom.commitment import CommitmentAction, SopReference
+from ctnode.dicom.commitment_messages import CommitmentAction, SopReference
 
 T = TypeVar("T")
 _CHUNK = 500

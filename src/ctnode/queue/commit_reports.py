@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from ctnode.db.models import CommitTransaction, JobItem
 from ctnode.db.models import Job as JobRow
 from ctnode.dicom import status as st
-from ctnode.dicom.commitment import CommitmentReport, Sender, sender_problem
+from ctnode.dicom.commitment_messages import CommitmentReport, Sender, sender_problem
 from ctnode.queue.commit_transactions import AWAITING, Transaction, TransactionState, iso
 from ctnode.queue.instance_commitments import record_commitments, withdraw_commitments
 from ctnode.queue.jobs import ItemState, JobState

@@ -27,7 +27,7 @@ from sqlalchemy import func, select, update
 from ctnode.db.models import CommitTransaction, JobItem
 from ctnode.db.models import Job as JobRow
 from ctnode.dicom import status as st
-from ctnode.dicom.commitment import CommitmentReport, Sender
+from ctnode.dicom.commitment_messages import CommitmentReport, Sender
 from ctnode.queue import commit_reports, instance_commitments
 from ctnode.queue.commit_reports import ReportOutcome, ReportResult
 from ctnode.queue.commit_transactions import AWAITING, Transaction, TransactionState

@@ -32,7 +32,7 @@ from typing import Any
 from ctnode.commit_report_intake import Reconciler
 from ctnode.config import NodeSettings
 from ctnode.db.types import utcnow
-from ctnode.dicom.commitment import new_transaction_uid
+from ctnode.dicom.commitment_messages import new_transaction_uid
 from ctnode.queue.attempt import Attempt, AttemptResult, Outcome
 from ctnode.queue.commit_rounds import CommitmentRepository, Transaction, TransactionState
 from ctnode.queue.jobs import ItemOutcome, ItemRow, ItemState

@@ -2,7 +2,7 @@
 sends the N-ACTION-RQ (Action Type ID 1, the well-known instance 1.2.840.10008.1.20.1.1) with a
 transaction's Referenced SOP Sequence and, for ``commit_linger`` seconds after the peer accepted
 it, answers a report (N-EVENT-REPORT) the peer may send on the same association — applied by the
-``commitment.Reconciler`` like a report on a new association."""
+``commit_report_intake.Reconciler`` like a report on a new association."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from collections.abc import Sequence
 from ctnode.commit_report_intake import Reconciler
 from ctnode.config import NodeSettings
 from ctnode.dicom import status as st
-from ctnode.dicom.commitment import ACTION_REQUEST_COMMITMENT, Sender, SopReference, encode_action
+from ctnode.dicom.commitment_messages import (
+    ACTION_REQUEST_COMMITMENT,
+    Sender,
+    SopReference,
+    encode_action,
+)
 from ctnode.dicom.contexts import (
     BASIC_SYNTAXES,
     STORAGE_COMMITMENT_PUSH,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctnode.dicom import status as st
-from ctnode.dicom.commitment import SopReference
+from ctnode.dicom.commitment_messages import SopReference
 from ctnode.queue.jobs import ItemRow, ItemState
 
 #: Item states of an instance the peer committed.
