@@ -1,5 +1,6 @@
 """Routing end to end: ``storescu`` as the scanner (calling AE SCANNER) → ``ctnode run`` →
-DCMTK ``storescp`` and Orthanc (with storage commitment), driven only by route files."""
+DCMTK ``storescp`` and Orthanc (with storage commitment), driven only by route files; DCMTK
+``dcmqrscp`` as the PACS a move job retrieves from (``include_retrieved``)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,19 @@ from typing import Any
 import pydicom
 import pytest
 
+from tests.helpers.dcmqrscp import dcmqrscp
 from tests.helpers.dicomgen import Ids, new_ids, write_series
 from tests.helpers.jobs import job_json
 from tests.helpers.orthanc import Orthanc
-from tests.helpers.procs import CtnodeProcess, ServerProcess, run_tool, storescp, write_yaml
+from tests.helpers.procs import (
+    CtnodeProcess,
+    ServerProcess,
+    free_port,
+    run_tool,
+    storescp,
+    write_yaml,
+)
+from tests.helpers.qrdata import make_study, peer
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -141,7 +151,7 @@ def test_study_trigger_forwards_once_stable_then_a_late_instance_alone(
         job = job_json(node, submitted["job_id"])
         assert job["route"] == "ct-to-pacs" and job["kind"] == "push"
         (study,) = wait_until(
-            lambda: [s for s in setup.studies() if s["routes"][0]["state"] == "delivered"] or None,
+            lambda: [s for s in setup.studies() if s["routes"][0]["state"] == "delivered"],
             10,
         )
         assert study["routes"][0]["delivered"] == 6 and study["routes"][0]["destination"] == "pacs"
@@ -241,7 +251,7 @@ def test_instance_and_series_triggers_and_two_scanners(setup: Setup, tmp_path: P
         wait_until(lambda: len(uids_in(setup.received)) == 10, 30, message="10 at storescp")
         assert node.log is not None
         submitted = node.log.named("route.forward_submitted")
-        by_route = {}
+        by_route: dict[str, list[int]] = {}
         for event in submitted:
             by_route.setdefault(event["route"], []).append(event["instances"])
         assert sorted(by_route["ct-series"]) == [2, 3]
@@ -330,3 +340,60 @@ def test_routes_test_explains_a_non_match(setup: Setup, tmp_path: Path) -> None:
     assert verdict["matched"] is False and verdict["reason"].startswith("tags.StudyDescription")
     bad = setup.node.cli("routes", "test", str(tmp_path / "missing.dcm"))
     assert bad.returncode == 1 and "unreadable" in bad.stdout
+
+
+def test_move_retrievals_are_routed_only_with_include_retrieved(tmp_path: Path) -> None:
+    """dcmqrscp holds three studies; a route matches what DCMQRSCP sends (calling_ae). A study
+    that arrives as the C-MOVE of ctnode's own move job is not forwarded (include_retrieved:
+    false, the default) although the route would match it, as a plain C-STORE from DCMQRSCP
+    shows; after SIGHUP with include_retrieved: true, the next move's study is forwarded."""
+    node_port = free_port()
+    studies = [
+        make_study(tmp_path / "in", patient_id=f"PAT{n}", patient_name="Doe^Jo", study_date=day)
+        for n, day in ((1, "20260101"), (2, "20260102"), (3, "20260103"))
+    ]
+    moved, stored, moved_later = studies
+    received = tmp_path / "pacs-in"
+    routes = tmp_path / "routes"
+    spec: dict[str, Any] = {
+        "match": {"calling_ae": ["DCMQRSCP"]},
+        "trigger": "study",
+        "stable_after": 0.5,
+        "to": ["pacs"],
+    }
+    write_yaml(routes / "from-qr.yaml", spec)
+    qr = dcmqrscp(tmp_path / "qr", hosts={"ctnode": ("CTNODE", "127.0.0.1", node_port)})
+    with qr, storescp(received, ae_title="PACS") as pacs:
+        stored_in_qr = run_tool(
+            ["storescu", "-aec", "DCMQRSCP", "127.0.0.1", str(qr.port)]
+            + [str(f) for s in studies for f in s.files]
+        )
+        assert stored_in_qr.returncode == 0, stored_in_qr.stdout + stored_in_qr.stderr
+        node = CtnodeProcess(
+            tmp_path / "node",
+            port=node_port,
+            config={"queue": FAST_QUEUE, "routes_dir": str(routes)},
+            peers={"qr": peer("DCMQRSCP", qr.port), "pacs": dest_peer("PACS", pacs.port)},
+        )
+        with node:
+            assert node.log is not None
+            out = node.cli("move", "qr", "--study", moved.uid, "--wait", "--json")
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert json.loads(out.stdout)["items"]["succeeded"] == len(moved.files)
+            # the control: the same route matches a plain C-STORE from DCMQRSCP
+            send(node, stored.files, ae="DCMQRSCP")
+            wanted = {uid_of(f) for f in stored.files}
+            wait_until(lambda: set(uids_in(received)) == wanted, 20, message="control forwarded")
+            time.sleep(1.0)  # past the moved study's stable_after too
+            assert set(uids_in(received)) == wanted  # the retrieved study was not forwarded
+            listed = json.loads(node.cli("routes", "list", "--json").stdout)
+            assert listed[0]["counters"]["matched"] == len(stored.files)
+
+            write_yaml(routes / "from-qr.yaml", {**spec, "include_retrieved": True})
+            node.signal(signal.SIGHUP)
+            node.log.wait_for("route.reloaded", routes=1)
+            out = node.cli("move", "qr", "--study", moved_later.uid, "--wait", "--json")
+            assert out.returncode == 0, out.stdout + out.stderr
+            wanted |= {uid_of(f) for f in moved_later.files}
+            wait_until(lambda: set(uids_in(received)) == wanted, 20, message="retrieval routed")
+            assert sorted(uids_in(received)) == sorted(wanted)  # each once
