@@ -160,13 +160,11 @@ class Metrics:
 
 
 @dataclass(eq=False)
-class StateCollector:
-    """Scrape-time gauges from the database and the disk (cached for ``ttl`` seconds)."""
+class CachedCollector:
+    """A collector whose gauges are built at scrape time and reused for ``ttl`` seconds;
+    subclasses build them in ``_build``."""
 
-    queue_summary: Callable[[], Any]
-    free_bytes: Callable[[], int]
-    commitment_counts: Callable[[], dict[str, int]] | None = None
-    ttl: float = 2.0
+    ttl: float = field(default=2.0, kw_only=True)
     _cache: tuple[float, list[Any]] | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -181,6 +179,31 @@ class StateCollector:
             if self._cache is None or now - self._cache[0] > self.ttl:
                 self._cache = (now, self._build())
             yield from self._cache[1]
+
+    def _build(self) -> list[Any]:
+        raise NotImplementedError
+
+
+def counts_family(
+    name: str, documentation: str, label: str, counts: Callable[[], dict[str, int]]
+) -> GaugeMetricFamily:
+    """A gauge of *counts* by one label; empty (a warning logged) while they cannot be read."""
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    try:
+        for key, count in sorted(counts().items()):
+            family.add_metric([key], float(count))
+    except Exception as exc:
+        log.warning("metrics.collect_failed", error=str(exc).splitlines()[0])
+    return family
+
+
+@dataclass(eq=False)
+class StateCollector(CachedCollector):
+    """Scrape-time gauges from the database and the disk (cached for ``ttl`` seconds)."""
+
+    queue_summary: Callable[[], Any]
+    free_bytes: Callable[[], int]
+    commitment_counts: Callable[[], dict[str, int]] | None = None
 
     def _build(self) -> list[Any]:
         families: list[Any] = []
@@ -204,15 +227,14 @@ class StateCollector:
             log.warning("metrics.collect_failed", error=str(exc).splitlines()[0])
         families += [jobs, oldest]
         if self.commitment_counts is not None:
-            commits = GaugeMetricFamily(
-                "ctnode_commitments", "Storage commitment items by state", labels=["state"]
+            families.append(
+                counts_family(
+                    "ctnode_commitments",
+                    "Storage commitment items by state",
+                    "state",
+                    self.commitment_counts,
+                )
             )
-            try:
-                for state, count in sorted(self.commitment_counts().items()):
-                    commits.add_metric([state], float(count))
-            except Exception as exc:
-                log.warning("metrics.collect_failed", error=str(exc).splitlines()[0])
-            families.append(commits)
         return families
 
 
@@ -319,7 +341,7 @@ class HealthServer:
 
 
 @dataclass(eq=False)
-class CountsCollector:
+class CountsCollector(CachedCollector):
     """A scrape-time gauge of database counts by one label (e.g. incoming storage commitment
     transactions by state), read at most every ``ttl`` seconds."""
 
@@ -327,27 +349,9 @@ class CountsCollector:
     documentation: str
     label: str
     counts: Callable[[], dict[str, int]]
-    ttl: float = 2.0
-    _cache: tuple[float, list[Any]] | None = field(default=None, init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
-    def describe(self) -> list[Any]:
-        """Nothing to pre-describe (the family is built at collect time)."""
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        """The gauge (cached); empty while the database does not answer."""
-        with self._lock:
-            now = time.monotonic()
-            if self._cache is None or now - self._cache[0] > self.ttl:
-                family = GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
-                try:
-                    for key, count in sorted(self.counts().items()):
-                        family.add_metric([key], float(count))
-                except Exception as exc:
-                    log.warning("metrics.collect_failed", error=str(exc).splitlines()[0])
-                self._cache = (now, [family])
-            yield from self._cache[1]
+    def _build(self) -> list[Any]:
+        return [counts_family(self.name, self.documentation, self.label, self.counts)]
 
 
 def qr_figures(exposition: str) -> dict[str, dict[str, dict[str, int]]]:

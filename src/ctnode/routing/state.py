@@ -3,10 +3,8 @@ scrape-time metrics built from them (``ctnode routes list``, ``ctnode studies``,
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +16,7 @@ from ctnode.db.engine import session_factory
 from ctnode.db.models import InstanceCommitment, RouteMatch
 from ctnode.db.types import utcnow
 from ctnode.logs import get_logger
+from ctnode.metrics import CachedCollector
 
 log = get_logger("ctnode.routing")
 
@@ -228,30 +227,15 @@ def study_routes(
 
 
 @dataclass(eq=False)
-class RouteCounts:
+class RouteCounts(CachedCollector):
     """Scrape-time routing metrics: ``ctnode_route_instances{route,state}`` (matched,
     forwarded, failed, waiting) and ``ctnode_route_oldest_waiting_seconds``."""
 
     engine: Engine
-    ttl: float = 2.0
-    _cache: tuple[float, list[Any]] | None = field(default=None, init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def collector(self) -> RouteCounts:
         """Itself (registered with ``Metrics.add_collector``)."""
         return self
-
-    def describe(self) -> list[Any]:
-        """Nothing to pre-describe."""
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        """The gauges (cached); empty while the database does not answer."""
-        with self._lock:
-            now = time.monotonic()
-            if self._cache is None or now - self._cache[0] > self.ttl:
-                self._cache = (now, self._build())
-            yield from self._cache[1]
 
     def _build(self) -> list[Any]:
         instances = GaugeMetricFamily(
