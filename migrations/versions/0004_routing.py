@@ -5,9 +5,9 @@ Revises: 0003
 Create Date: 2026-12-07 19:20:00.000000
 
 ``route_matches``: one row per instance and destination a route decided to forward it to,
-written at ingest with the instance's row. Indexed only where the forwarder and the CLI look
-rows up (state and node, study; the unique instance and destination): every index is a write on
-the receive path.
+written at ingest with the instance's row. Indexed only where the forwarder looks rows up
+(state and node) and by the unique instance and destination (a study's rows are found through
+``instances``): every index is a write on the receive path.
 """
 
 from __future__ import annotations
@@ -48,14 +48,10 @@ def upgrade() -> None:
         ),
     )
     with op.batch_alter_table("route_matches", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_route_matches_study_instance_uid"), ["study_instance_uid"], unique=False
-        )
         batch_op.create_index("ix_route_matches_state_node", ["state", "node_name"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("route_matches", schema=None) as batch_op:
         batch_op.drop_index("ix_route_matches_state_node")
-        batch_op.drop_index(batch_op.f("ix_route_matches_study_instance_uid"))
     op.drop_table("route_matches")

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ctnode.peers import load_peers
+from ctnode.routing.decisions import facts_from_values
 from ctnode.routing.match import InstanceFacts, decide, explain, first_failure, number_text
 from ctnode.routing.rules import Route, compile_pattern, load_routes
 from tests.helpers.procs import write_yaml
@@ -127,3 +128,25 @@ def test_patterns_never_raise(pattern: str) -> None:
     literal = pattern.replace("*", "").replace("?", "")
     if literal == pattern:
         assert regex.fullmatch(pattern)
+
+
+def test_facts_decode_text_per_character_set_and_ascii_alike() -> None:
+    """The values routes read: ASCII as is (padding stripped), Latin-1 and ISO 2022 (escape
+    sequences) decoded per Specific Character Set, binary numbers as decimal text."""
+    charset, manufacturer, rows = 0x00080005, 0x00080070, 0x00280010
+    read = ((STUDY_DESCRIPTION, None), (manufacturer, None), (rows, "US"))
+
+    def facts(values: dict[int, bytes]) -> dict[int, str]:
+        found = facts_from_values(
+            values, calling_ae="SCANNER", sop_class_uid=CT, retrieved=False, read=read
+        )
+        return dict(found.values)
+
+    plain = facts({STUDY_DESCRIPTION: b"CHEST CT ", manufacturer: b"ACME\x00", rows: b"\x00\x02"})
+    assert plain == {STUDY_DESCRIPTION: "CHEST CT", manufacturer: "ACME", rows: "512"}
+    latin = facts({charset: b"ISO_IR 100", STUDY_DESCRIPTION: "Thorax é".encode("latin-1")})
+    assert latin == {STUDY_DESCRIPTION: "Thorax é"}
+    jis = "やまだ".encode("iso2022_jp")
+    assert b"\x1b" in jis
+    japanese = facts({charset: b"\\ISO 2022 IR 87", STUDY_DESCRIPTION: jis})
+    assert japanese == {STUDY_DESCRIPTION: "やまだ"}

@@ -269,7 +269,8 @@ class RouteMatch(Base):
     route: Mapped[str] = mapped_column(String(64))
     destination: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(UID)
-    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    #: Not indexed: a study's decisions are found through ``instances`` (its study index).
+    study_instance_uid: Mapped[str] = mapped_column(UID)
     series_instance_uid: Mapped[str] = mapped_column(UID)
     #: The route's trigger, stable_after and commit when it matched (the decision as made).
     trigger: Mapped[str] = mapped_column(String(16))

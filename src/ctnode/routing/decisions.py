@@ -47,6 +47,9 @@ def facts_from_values(
             continue
         if numeric is not None:
             found[tag] = number_text(raw, numeric)
+        elif raw.isascii() and b"\x1b" not in raw:
+            # ASCII without ISO 2022 escapes reads the same in every DICOM character set
+            found[tag] = raw.decode("ascii").strip("\x00 ")
         else:
             found[tag] = decode_text(raw, charset) or ""
     modality = values.get(tags.MODALITY)

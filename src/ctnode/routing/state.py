@@ -13,7 +13,7 @@ from sqlalchemy import Engine, and_, func, select
 from sqlalchemy.orm import Session
 
 from ctnode.db.engine import session_factory
-from ctnode.db.models import InstanceCommitment, RouteMatch
+from ctnode.db.models import Instance, InstanceCommitment, RouteMatch
 from ctnode.db.types import utcnow
 from ctnode.logs import get_logger
 from ctnode.metrics import CachedCollector
@@ -167,6 +167,7 @@ def study_routes(
                 rm.commit,
                 func.count(InstanceCommitment.id),
             )
+            .join(Instance, Instance.sop_instance_uid == rm.sop_instance_uid)
             .join(
                 InstanceCommitment,
                 and_(
@@ -175,7 +176,7 @@ def study_routes(
                 ),
                 isouter=True,
             )
-            .where(rm.study_instance_uid.in_(chunk))
+            .where(Instance.study_instance_uid.in_(chunk))
             .group_by(rm.study_instance_uid, rm.route, rm.destination, rm.state, rm.commit)
         ).all()
         for study, route, dest, state, count, job, newest, stable, error, commit, committed in rows:
