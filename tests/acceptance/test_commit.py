@@ -19,6 +19,7 @@ from tests.helpers.dicomgen import write_series
 from tests.helpers.fake_commitment import FakeCommitmentSCP
 from tests.helpers.jobs import job_json, wait_job
 from tests.helpers.orthanc import Orthanc
+from tests.helpers.peerfiles import commit_peer as _peer
 from tests.helpers.procs import CtnodeProcess, run_tool
 
 pytestmark = pytest.mark.slow
@@ -41,18 +42,6 @@ MODALITY = {
     "port": 104,
     "accept": ["echo", "store"],
 }
-
-
-def _peer(ae: str, port: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "ae_title": ae,
-        "host": "127.0.0.1",
-        "port": port,
-        "accept": ["echo", "store", "commitment_report"],
-        "timeouts": {"connect": 3, "acse": 5, "dimse": 10, "network": 10},
-        "commit_timeout": 30,
-        **extra,
-    }
 
 
 def _uid(path: Path, keyword: str = "SOPInstanceUID") -> str:

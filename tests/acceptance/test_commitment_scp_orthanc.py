@@ -17,6 +17,7 @@ import pytest
 
 from tests.helpers.dicomgen import write_series
 from tests.helpers.orthanc import Orthanc
+from tests.helpers.peerfiles import peer as _peer
 from tests.helpers.procs import CtnodeProcess, write_yaml
 from tests.helpers.waiting import wait_until
 
@@ -34,17 +35,6 @@ FAST_QUEUE = {
         "jitter": 0,
     },
 }
-
-
-def _peer(ae: str, port: int, accept: list[str], **extra: Any) -> dict[str, Any]:
-    return {
-        "ae_title": ae,
-        "host": "127.0.0.1",
-        "port": port,
-        "accept": accept,
-        "timeouts": {"connect": 3, "acse": 5, "dimse": 10, "network": 10},
-        **extra,
-    }
 
 
 def _ask(scanner: Orthanc, paths: list[Path]) -> tuple[str, set[str]]:

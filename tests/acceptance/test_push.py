@@ -21,24 +21,12 @@ from tests.helpers.dcmqrscp import dcmqrscp
 from tests.helpers.dicomgen import SIX_CLASSES, dataset_bytes, make_dataset, write, write_series
 from tests.helpers.fakes import FakeStoreSCP
 from tests.helpers.jobs import job_json, wait_job
+from tests.helpers.peerfiles import FAST_QUEUE
+from tests.helpers.peerfiles import peer as _peer
 from tests.helpers.procs import CTNODE, CtnodeProcess, free_port, run_tool, storescp
-from tests.helpers.qrdata import peer as _peer
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-
-FAST_QUEUE = {
-    "workers": 2,
-    "poll_interval": 0.2,
-    "lease_seconds": 6,
-    "retry": {
-        "max_attempts": 20,
-        "initial_delay": 0.5,
-        "multiplier": 1,
-        "max_delay": 1,
-        "jitter": 0,
-    },
-}
 
 
 def _job(node: CtnodeProcess, job_id: int) -> dict[str, Any]:

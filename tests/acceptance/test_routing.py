@@ -18,6 +18,7 @@ from tests.helpers.dcmqrscp import dcmqrscp
 from tests.helpers.dicomgen import Ids, new_ids, write_series
 from tests.helpers.jobs import job_json
 from tests.helpers.orthanc import Orthanc
+from tests.helpers.peerfiles import commit_peer as dest_peer
 from tests.helpers.procs import (
     CtnodeProcess,
     ServerProcess,
@@ -42,19 +43,6 @@ FAST_QUEUE = {
 def scanner_peer(ae: str = "SCANNER") -> dict[str, Any]:
     """A modality that stores to ctnode (and could be a destination: port 9)."""
     return {"ae_title": ae, "host": "127.0.0.1", "port": 9, "accept": ["echo", "store"]}
-
-
-def dest_peer(ae: str, port: int, **extra: Any) -> dict[str, Any]:
-    """A destination peer on loopback."""
-    return {
-        "ae_title": ae,
-        "host": "127.0.0.1",
-        "port": port,
-        "accept": ["echo", "store", "commitment_report"],
-        "timeouts": {"connect": 3, "acse": 5, "dimse": 10, "network": 10},
-        "commit_timeout": 30,
-        **extra,
-    }
 
 
 def send(node: CtnodeProcess, files: list[Path], ae: str = "SCANNER") -> None:

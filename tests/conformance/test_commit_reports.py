@@ -29,6 +29,7 @@ from ctnode.queue.commit_rounds import CommitmentRepository
 from tests.helpers.dicomgen import write_series
 from tests.helpers.fake_commitment import FakeCommitmentSCP
 from tests.helpers.jobs import job_json, repo_of, submit_commit, wait_job
+from tests.helpers.peerfiles import commit_peer
 from tests.helpers.procs import CtnodeProcess
 from tests.helpers.waiting import wait_until
 
@@ -53,15 +54,7 @@ FINAL = {"succeeded", "failed", "cancelled"}
 
 
 def _peer(ae_title: str, port: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "ae_title": ae_title,
-        "host": "127.0.0.1",
-        "port": port,
-        "accept": ["echo", "store", "commitment_report"],
-        "timeouts": {"connect": 3, "acse": 5, "dimse": 10, "network": 10},
-        "commit_timeout": COMMIT_TIMEOUT,
-        **extra,
-    }
+    return commit_peer(ae_title, port, **{"commit_timeout": COMMIT_TIMEOUT, **extra})
 
 
 def _node(tmp_path: Path, fake: FakeCommitmentSCP, db_url: str, **peer: Any) -> CtnodeProcess:

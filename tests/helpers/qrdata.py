@@ -4,27 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pydicom
 from pydicom.uid import generate_uid
 
 from ctnode.dicom.contexts import CT_IMAGE
 from tests.helpers.dicomgen import Ids, make_dataset, write
+from tests.helpers.peerfiles import FAST_QUEUE, peer
 
-#: Queue settings that make retries quick in tests.
-FAST_QUEUE: dict[str, Any] = {
-    "workers": 2,
-    "poll_interval": 0.2,
-    "lease_seconds": 6,
-    "retry": {
-        "max_attempts": 20,
-        "initial_delay": 0.5,
-        "multiplier": 1,
-        "max_delay": 1,
-        "jitter": 0,
-    },
-}
+__all__ = ["FAST_QUEUE", "Study", "make_study", "peer"]
 
 
 @dataclass
@@ -74,15 +62,3 @@ def make_study(
             ds.SeriesNumber = number
             study.files.append(write(ds, directory / study.uid / f"{number:02d}_{i:03d}.dcm"))
     return study
-
-
-def peer(ae: str, port: int, **extra: Any) -> dict[str, Any]:
-    """A peer file for a Q/R peer on loopback that may store to ctnode (move results)."""
-    return {
-        "ae_title": ae,
-        "host": "127.0.0.1",
-        "port": port,
-        "accept": ["echo", "store"],
-        "timeouts": {"connect": 3, "acse": 5, "dimse": 10, "network": 10},
-        **extra,
-    }

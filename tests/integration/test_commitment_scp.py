@@ -16,24 +16,12 @@ import pytest
 from ctnode.dicom.commitment_messages import new_transaction_uid
 from ctnode.dicom.contexts import CT_IMAGE, MR_IMAGE
 from tests.helpers.dicomgen import write_series
+from tests.helpers.peerfiles import FAST_QUEUE
 from tests.helpers.procs import CtnodeProcess
 from tests.helpers.scanner import Scanner, action_dataset
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-
-FAST_QUEUE = {
-    "workers": 2,
-    "poll_interval": 0.2,
-    "lease_seconds": 6,
-    "retry": {
-        "max_attempts": 20,
-        "initial_delay": 0.5,
-        "multiplier": 1,
-        "max_delay": 1,
-        "jitter": 0,
-    },
-}
 
 
 def _refs(paths: list[Path]) -> list[tuple[str, str]]:
