@@ -18,10 +18,10 @@ from typing import Any
 from ctnode.db.types import utcnow
 from ctnode.dicom import scan as tags
 from ctnode.dicom.scan import ScanResult
+from ctnode.dicom.text import decode_text
 from ctnode.logs import get_logger
 from ctnode.routing.match import InstanceFacts, decide, number_text
 from ctnode.routing.rules import Route, RouteSet
-from ctnode.storage.rows import decode_text
 from ctnode.storage.values import StoreRequest
 
 log = get_logger("ctnode.routing")

@@ -8,13 +8,11 @@ than the SQLite commit itself per object (``bench/PROFILE.md``).
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from pydicom.charset import convert_encodings, decode_bytes
 from sqlalchemy import Engine, Table, bindparam, insert, select
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +22,7 @@ from ctnode.db.models import Instance, RouteMatch
 from ctnode.db.types import utcnow
 from ctnode.dicom import scan as tags
 from ctnode.dicom.scan import ScanResult
+from ctnode.dicom.text import decode_text
 from ctnode.storage.spool import SpoolFile
 from ctnode.storage.values import StoreRequest
 
@@ -98,23 +97,6 @@ def find_existing(engine: Engine, sop_instance_uid: str) -> ExistingRow | None:
         row.study_instance_uid,
         row.series_instance_uid,
     )
-
-
-def decode_text(raw: bytes | None, charset: bytes | None) -> str | None:
-    """An indexed text value decoded per Specific Character Set (latin-1 if that is broken)."""
-    if not raw:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        terms = (
-            charset.decode("ascii", errors="replace").strip("\x00 ").split("\\") if charset else []
-        )
-        try:
-            encodings = convert_encodings(terms or ["ISO_IR 6"])
-            text = decode_bytes(raw, encodings, {0x5E, 0x3D})
-        except Exception:  # a broken charset must not refuse the object
-            text = raw.decode("latin-1")
-    return text.strip("\x00 ") or None
 
 
 def _int_or_none(raw: str | None) -> int | None:
