@@ -3,7 +3,6 @@ loop back to the sender, once per destination); pattern semantics with hypothesi
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +121,9 @@ def test_star_matches_any_run(prefix: str, middle: str, suffix: str) -> None:
 
 @given(st.text(max_size=20))
 def test_patterns_never_raise(pattern: str) -> None:
-    """Any text compiles to a valid anchored expression (regex metacharacters are literal)."""
+    """Any text compiles to a matcher (regex metacharacters are literal) that never raises."""
     regex = compile_pattern(pattern)
-    assert isinstance(regex, re.Pattern)
+    regex.fullmatch("x" * 30)
     literal = pattern.replace("*", "").replace("?", "")
     if literal == pattern:
         assert regex.fullmatch(pattern)

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from ctnode.dicom.wildcard import Wildcard
+
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 LEVELS: tuple[str, ...] = (PATIENT, STUDY, SERIES, IMAGE)
 PATIENT_ROOT, STUDY_ROOT = "patient", "study"
@@ -152,7 +154,7 @@ class _Text:
 
     def __init__(self, key: str, wildcards: bool = True) -> None:
         self.exact: str | None = None
-        self.pattern: re.Pattern[str] | None = None
+        self.pattern: Wildcard | None = None
         if wildcards and ("*" in key or "?" in key):
             self.pattern = wildcard_pattern(key)
         else:
@@ -164,10 +166,10 @@ class _Text:
         return any(v == self.exact for v in values)
 
 
-def wildcard_pattern(key: str, fold: bool = False) -> re.Pattern[str]:
-    """``*`` any run of characters (or none), ``?`` exactly one; everything else literal."""
-    parts = [".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in key]
-    return re.compile("".join(parts), re.DOTALL | (re.IGNORECASE if fold else 0))
+def wildcard_pattern(key: str, fold: bool = False) -> Wildcard:
+    """``*`` any run of characters (or none), ``?`` exactly one; everything else literal.
+    Matched without backtracking (``dicom.wildcard``): a peer's key cannot stall the node."""
+    return Wildcard(key, fold)
 
 
 def _name_groups(value: str) -> list[str]:
@@ -182,7 +184,7 @@ class _PersonName:
 
     def __init__(self, key: str, fold: bool) -> None:
         self.fold = fold
-        self.groups: list[re.Pattern[str] | str | None] = []
+        self.groups: list[Wildcard | str | None] = []
         for group in _name_groups(key):
             if not group or group == "*":
                 self.groups.append(None)  # any value of this group
@@ -191,12 +193,12 @@ class _PersonName:
             else:
                 self.groups.append(group.casefold() if fold else group)
 
-    def _group_matches(self, want: re.Pattern[str] | str | None, have: str) -> bool:
+    def _group_matches(self, want: Wildcard | str | None, have: str) -> bool:
         if want is None:
             return True
         if isinstance(want, str):
             return (have.casefold() if self.fold else have) == want
-        return want.fullmatch(have) is not None
+        return want.fullmatch(have)
 
     def __call__(self, values: Values) -> bool:
         for value in values:

@@ -2,7 +2,7 @@
 
 ``load_routes`` validates the whole directory against the peer registry and reports every
 problem at once (unknown keys, unknown peers in ``to``, unknown DICOM keywords, bad patterns);
-the ``RouteSet`` it returns is immutable and compiled (patterns as regular expressions, SOP
+the ``RouteSet`` it returns is immutable and compiled (patterns as ``dicom.wildcard`` matchers, SOP
 class keywords as UIDs, tag keywords as tag numbers), so a reload builds a new one and swaps it
 in whole. Pure: reading the files is the only I/O.
 """
@@ -21,6 +21,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from ctnode.config import check_ae_title
 from ctnode.dicom.uids import is_valid_uid
+from ctnode.dicom.wildcard import AnyWildcard, Wildcard
 from ctnode.errors import ConfigError, NotFound
 from ctnode.peers import PeerRegistry
 from ctnode.yamlio import load_yaml_file
@@ -82,7 +83,7 @@ class TagCondition:
     tag: int
     numeric: str | None  # the VR when the value is a binary number, else None (text)
     patterns: tuple[str, ...]
-    regex: re.Pattern[str]
+    regex: AnyWildcard
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +149,10 @@ class RouteSet:
             raise NotFound(f"no route named {name!r}{where} (known: {known})") from None
 
 
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """A ``*``/``?`` pattern as an anchored, case-insensitive regular expression."""
-    parts = (".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
-    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
+def compile_pattern(pattern: str) -> Wildcard:
+    """A ``*``/``?`` pattern matched case-insensitively, as a whole value, without backtracking
+    (``dicom.wildcard``: a peer's value cannot stall the receive path)."""
+    return Wildcard(pattern, fold=True)
 
 
 def _sop_class_uid(value: str) -> str | None:
@@ -191,9 +192,7 @@ def _tag_condition(key: str, value: str | tuple[str, ...], where: str) -> TagCon
     for pattern in patterns:
         if len(pattern) > 1024 or any(ord(ch) < 0x20 for ch in pattern):
             return f"{where}: bad pattern {pattern[:40]!r} (printable text, at most 1024 chars)"
-    regex = re.compile(
-        "|".join(f"(?:{compile_pattern(p).pattern})" for p in patterns), re.IGNORECASE | re.DOTALL
-    )
+    regex = AnyWildcard(patterns, fold=True)
     numeric = vr if vr in NUMERIC_VRS else None
     return TagCondition(key, tag, numeric, tuple(patterns), regex)
 
