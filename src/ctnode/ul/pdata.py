@@ -12,7 +12,6 @@ objects (``PDataWriter``), so consecutive objects on one context rewrite only th
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import ssl
@@ -113,7 +112,9 @@ class PDataWriter:
                 if self._headers_key != (context_id, size):
                     self._headers_key, self._headers_valid = (context_id, size), 0
                 for i in range(self._headers_valid, count - 1):
-                    _HEADER_FULL.pack_into(out, i * stride, *_full_header(context_id, size))
+                    _HEADER_FULL.pack_into(
+                        out, i * stride, P.P_DATA_TF, 0, size + 6, size + 2, context_id, 0
+                    )
                 self._headers_valid = count - 1  # the last slot's header differs
                 last_length = tail or size
                 last_slot = (count - 1) * stride
@@ -199,9 +200,3 @@ def _read_exactly(fd: int, buffers: list[memoryview], want: int, offset: int, pa
                 rest.append(view[skip:])
                 skip = 0
             buffers = rest
-
-
-@functools.cache
-def _full_header(context_id: int, size: int) -> tuple[int, int, int, int, int, int]:
-    """The fields of a full, not-last data PDU header (for ``_HEADER_FULL``)."""
-    return (P.P_DATA_TF, 0, size + 6, size + 2, context_id, 0)
