@@ -134,8 +134,8 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
     )
     sessions = session_factory(engine)
-    store = Store(settings.storage, sessions, settings.node.name)
-    store.decisions = routes  # routing decisions are committed with each instance row
+    # Routing decisions are committed with each instance row.
+    store = Store(settings.storage, sessions, settings.node.name, decisions=routes)
     recovered = store.prepare()
     if recovered:
         log.info("storage.spool_recovered", files=recovered)
@@ -144,7 +144,8 @@ def build_runtime(settings: Settings) -> Runtime:
     repo = JobRepository(engine, lease_seconds=settings.queue.lease_seconds)
     # -- storage commitment: reports reconciled on :4006, commit jobs, retention --
     commits = CommitmentRepository(repo)
-    retention = Retention(settings.storage, store)
+    # Retention composes with routing: removal waits until routing delivered everywhere.
+    retention = Retention(settings.storage, store, holds=lambda uids: holding(engine, uids))
     reconciler = Reconciler(commits, retention)
     _warn_commitment_peers(settings, registry)
     # -- storage commitment SCP: requests peers send us, their reports --
@@ -199,8 +200,6 @@ def build_runtime(settings: Settings) -> Runtime:
         )
     )
     forwarder = Forwarder(settings, engine, repo, peers)
-    # Retention composes with routing: removal waits until routing delivered everywhere.
-    retention.holds = lambda uids: holding(engine, uids)
     forwarder.release = retention.apply
     counts = RouteCounts(engine)
     metrics.add_collector(counts.collector())

@@ -23,12 +23,18 @@ log = get_logger("ctnode.commitment")
 class Retention:
     """Removes local instances once a commitment peer has committed them (when enabled)."""
 
-    def __init__(self, settings: StorageSettings, store: Store | None) -> None:
+    def __init__(
+        self,
+        settings: StorageSettings,
+        store: Store | None,
+        *,
+        holds: Callable[[list[str]], set[str]] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         #: The instances among those given that must stay (routing: not yet delivered to every
-        #: destination); set by the daemon. Their removal waits for the forwarder.
-        self.holds: Callable[[list[str]], set[str]] | None = None
+        #: destination). Their removal waits for the forwarder.
+        self.holds = holds
 
     def applies_to(self, peer: str) -> bool:
         """True if a commitment by *peer* lets local copies go."""

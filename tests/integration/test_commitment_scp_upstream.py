@@ -74,9 +74,9 @@ def _setup(tmp: Path, engine: Engine) -> tuple[Store, JobRepository, UpstreamReq
         {"match": {"sop_class": ["MRImageStorage"]}, "to": ["pacs"]},
     )
     peers = load_peers(tmp / "peers", resolve=False)
-    store = Store(settings.storage, session_factory(engine), NODE)
+    routes = RouteHolder(load_routes(tmp / "routes", peers), NODE)
+    store = Store(settings.storage, session_factory(engine), NODE, decisions=routes)
     store.prepare()
-    store.decisions = RouteHolder(load_routes(tmp / "routes", peers), NODE)
     repo = JobRepository(engine)
     upstream = UpstreamRequests(settings, repo, CommitmentRepository(repo), lambda: peers)
     return store, repo, upstream

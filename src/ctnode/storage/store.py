@@ -65,6 +65,8 @@ class Store:
         settings: StorageSettings,
         sessions: sessionmaker[Session],
         node_name: str,
+        *,
+        decisions: Decisions | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -77,8 +79,8 @@ class Store:
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
         self._uid_locks = [threading.Lock() for _ in range(64)]
-        #: Rows decided at ingest with each new instance (routing); set by the daemon.
-        self.decisions: Decisions | None = None
+        #: Rows decided at ingest with each new instance (routing): committed with its row.
+        self.decisions = decisions
 
     # -- start-up -------------------------------------------------------------------
 
