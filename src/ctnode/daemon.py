@@ -67,6 +67,7 @@ from ctnode.scu.push import PushOperation
 from ctnode.scu.query import QueryOperation
 from ctnode.sdnotify import Notifier
 from ctnode.storage import Store
+from ctnode.storage.backfill import warn_pending
 from ctnode.supervisor import QueueFigures, Supervisor
 from ctnode.tls import server_context
 
@@ -139,6 +140,8 @@ def build_runtime(settings: Settings) -> Runtime:
     recovered = store.prepare()
     if recovered:
         log.info("storage.spool_recovered", files=recovered)
+    # SQLite was migrated above, never back-filled: say so (before the event loop starts).
+    warn_pending(engine, settings.node.name, shared=settings.storage.shared)
     peers = PeerHolder(registry)
     metrics = Metrics()
     repo = JobRepository(engine, lease_seconds=settings.queue.lease_seconds)

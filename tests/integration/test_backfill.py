@@ -15,11 +15,12 @@ from typing import Any
 import pydicom
 import pytest
 from sqlalchemy import Engine, Table, select, update
+from structlog.testing import capture_logs
 
 from ctnode.cli import main
 from ctnode.daemon import Runtime
 from ctnode.db.models import Instance
-from ctnode.storage.backfill import Backfill
+from ctnode.storage.backfill import Backfill, warn_pending
 from ctnode.storage.rows import INDEX_VERSION
 from tests.helpers.node import make_settings, running_node, write_peers
 from tests.helpers.procs import free_port, run_tool, write_yaml
@@ -156,6 +157,23 @@ def test_backfill_fills_rows_in_batches_and_resumes(node: Node) -> None:
     assert [(s.StudyInstanceUID, s.PatientBirthDate, s.StudyID) for s in studies] == [
         (node.study.uid, "19700101", "1")
     ]
+
+
+def test_start_up_warns_of_rows_pending_back_fill(node: Node) -> None:
+    """The daemon's start-up check (it migrates SQLite, never back-fills): rows with a NULL
+    ``index_version`` give one ``storage.backfill_pending`` warning with their count and the
+    command; once back-filled, nothing is logged. Another node's rows are not counted."""
+    name = node.runtime.settings.node.name
+    with capture_logs() as logs:
+        assert warn_pending(node.engine, name) == 7
+        assert warn_pending(node.engine, "other-node") == 0
+    assert [(e["event"], e["log_level"], e["rows"], e["command"]) for e in logs] == [
+        ("storage.backfill_pending", "warning", 7, "ctnode db upgrade")
+    ]
+    node.backfill().run()
+    with capture_logs() as logs:
+        assert warn_pending(node.engine, name) == 0
+    assert [e for e in logs if e["event"] == "storage.backfill_pending"] == []
 
 
 def test_an_interrupted_batch_is_not_committed(node: Node) -> None:

@@ -1,6 +1,7 @@
 """ctnode as Query/Retrieve SCP with pynetdicom as the SCU: C-CANCEL in the middle of a C-MOVE
 (pending counts, then 0xFE00), and C-GET proposing only uncompressed syntaxes for an instance
-stored compressed (decompressed delivery, pixel-equal)."""
+stored compressed (decompressed delivery, pixel-equal), and a C-MOVE of a study one of whose
+stored files is gone (before the move or while it is being sent): 0xB000 naming that one."""
 
 from __future__ import annotations
 
@@ -158,3 +159,80 @@ def test_get_with_only_uncompressed_syntaxes_gets_decompressed_pixels(
     assert len(got) == 1
     assert got[0].file_meta.TransferSyntaxUID in (EXPLICIT, IMPLICIT)
     assert np.array_equal(got[0].pixel_array, original.pixel_array)
+
+
+def _move_collecting(
+    runtime: Runtime, dest_port: int, study_uid: str
+) -> tuple[list[tuple[int, Dataset | None]], list[str]]:
+    """C-MOVE *study_uid* to a pynetdicom destination: every response and the UIDs received."""
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    dest = AE(ae_title="SLOWSCP")
+    dest.add_supported_context(CTImageStorage, [EXPLICIT, IMPLICIT])
+    server = dest.start_server(
+        ("127.0.0.1", dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        scu = AE(ae_title="VIEWER")
+        scu.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = scu.associate("127.0.0.1", runtime.server.port, ae_title="CTNODE")
+        assert assoc.is_established
+        responses = [
+            (int(rsp.Status), identifier)
+            for rsp, identifier in assoc.send_c_move(
+                _identifier(study_uid), "SLOWSCP", StudyRootQueryRetrieveInformationModelMove
+            )
+        ]
+        assert assoc.is_established, "the association was dropped without a final response"
+        assoc.release()
+    finally:
+        server.shutdown()
+    return responses, received
+
+
+@pytest.mark.parametrize("when", ["before", "mid_stream"])
+def test_move_with_a_stored_file_gone_fails_that_one_and_sends_the_others(
+    node: tuple[Runtime, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """A stored file removed before the move (found when opening it), or while the move runs
+    (found while streaming it: the destination association is aborted and a new one carries
+    the rest): final 0xB000, its UID alone in the Failed SOP Instance UID List, the others
+    delivered."""
+    from ctnode.scp import qr_retrieve
+
+    runtime, dest_port = node
+    study = make_study(
+        tmp_path / "files", patient_id="G1", patient_name="G^X", study_date="20260101",
+        series_sizes=(5,),
+    )  # fmt: skip
+    _store(runtime, study.files)
+    uids = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                  for p in study.files)  # fmt: skip
+    victim = uids[2]
+    stored = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+        for p in runtime.settings.storage.store_dir.rglob("*.dcm")
+    }
+    if when == "before":
+        stored[victim].unlink()
+    else:
+        dataset_of = qr_retrieve._dataset_of
+
+        def removed_once_opened(item: Any, syntax: str) -> Any:
+            data = dataset_of(item, syntax)  # opened and measured: a FileSegment
+            if item.sop_instance_uid == victim:
+                item.path.unlink()  # retention, between that and the streaming
+            return data
+
+        monkeypatch.setattr(qr_retrieve, "_dataset_of", removed_once_opened)
+    responses, received = _move_collecting(runtime, dest_port, study.uid)
+    final, identifier = responses[-1]
+    assert final == 0xB000, [hex(c) for c, _ in responses]
+    assert identifier is not None
+    failed = identifier.FailedSOPInstanceUIDList
+    assert ([failed] if isinstance(failed, str) else list(failed)) == [victim]
+    assert sorted(received) == [u for u in uids if u != victim]

@@ -7,6 +7,7 @@ on a key is (tag, VR, text): a PN is its text form, several values are joined by
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,8 @@ from ctnode.scu.identifier import decode_identifier
 QUERY_RETRIEVE_LEVEL = 0x00080052
 SPECIFIC_CHARACTER_SET = 0x00080005
 _PATIENT_ROOT = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET})
+#: Quoted literals in a driver's message (PostgreSQL quotes the offending value).
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 class QrObserver(Protocol):
@@ -99,6 +102,19 @@ def read_identifier(data: bytes, transfer_syntax: str) -> Identifier:
     except Exception as exc:  # pydicom's value conversions raise more than ValueError
         raise IdentifierError(f"undecodable identifier: {exc}") from exc
     return Identifier(level, keys, charset)
+
+
+def database_error_reason(exc: BaseException) -> str:
+    """A short reason for an index database error, for the log and the ErrorComment: the first
+    line of the driver's message (``exc.orig``), quoted literals masked.
+
+    Never ``str(exc)``: SQLAlchemy appends the SQL and its bound parameters, which are the
+    peer's key values (patient data, possibly).
+    """
+    orig = getattr(exc, "orig", None)
+    lines = str(orig if orig is not None else exc).strip().splitlines()
+    first = lines[0] if lines else type(orig if orig is not None else exc).__name__
+    return "index database error: " + _QUOTED.sub("'?'", first)[:120]
 
 
 def retrieve_filters(model: str, identifier: Identifier) -> dict[int, list[str]]:

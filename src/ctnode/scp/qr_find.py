@@ -9,7 +9,8 @@ Statuses:
 * 0xA900 identifier does not match the SOP class: no or an unknown QueryRetrieveLevel, PATIENT
   in Study Root, a unique key of an upper level missing (hierarchical queries; relational
   queries are not negotiated)
-* 0xA700 out of resources: the index database is unavailable
+* 0xA700 out of resources: the index database is unavailable (the reason is the driver's
+  message, never the SQL or its parameters, which hold the peer's key values)
 * 0xC000 unable to process: the identifier cannot be decoded, or the node is shutting down
 
 Responses carry every key the request asked for: the indexed ones with their values, the others
@@ -35,6 +36,7 @@ from ctnode.scp.qr_common import (
     Identifier,
     IdentifierError,
     QrObserver,
+    database_error_reason,
     model_of,
     read_identifier,
 )
@@ -131,7 +133,7 @@ class FindService:
                 if requests.stopping:
                     return status.CANNOT_UNDERSTAND, "ctnode is shutting down", {"matches": sent}
         except SQLAlchemyError as exc:
-            return status.OUT_OF_RESOURCES, f"index database unavailable: {exc}"[:200], {}
+            return status.OUT_OF_RESOURCES, database_error_reason(exc), {}
         finally:
             requests.forget(message_id)
         return status.SUCCESS, None, {"matches": sent, "first_ms": first_ms}

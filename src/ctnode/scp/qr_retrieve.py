@@ -15,6 +15,14 @@ accepted; a pending response with the counts follows every sub-operation. Status
   ``move_destinations``
 * 0xA900 identifier does not match the SOP class (level, unique keys down to the level)
 * 0xA701 the index database is unavailable; 0xC000 the identifier cannot be decoded
+
+A stored file that cannot be read (removed by retention meanwhile, unreadable) fails its
+sub-operation only: its UID goes into the Failed SOP Instance UID List and the others are sent.
+Found before sending, the association goes on; found while streaming the file, the association
+to the C-MOVE destination was aborted by then (a partial data set cannot be taken back) and the
+remaining instances go on a new one. In C-GET the sub-operations share the requestor's own
+association, so a file failing mid-stream aborts it (no final response can follow a partial
+data set); the window is the moment between opening the file and reading it.
 """
 
 from __future__ import annotations
@@ -40,14 +48,15 @@ from ctnode.qrindex import QrIndex, RetrieveItem
 from ctnode.scp.qr_common import (
     IdentifierError,
     QrObserver,
+    database_error_reason,
     model_of,
     read_identifier,
     retrieve_filters,
 )
 from ctnode.scu.association import params_for
 from ctnode.ul import dimse
-from ctnode.ul.acceptor import AcceptedContext, AssociationInfo, Reply
-from ctnode.ul.pdata import FileSegment
+from ctnode.ul.acceptor import AbortAssociation, AcceptedContext, AssociationInfo, Reply
+from ctnode.ul.pdata import FileReadError, FileSegment
 from ctnode.ul.peer_requests import PeerRequests
 from ctnode.ul.requestor import ContextRequest, Requestor
 
@@ -98,6 +107,15 @@ class Progress:
         if not self.completed and not self.warning:
             return UNABLE_TO_PERFORM
         return status.SUBOPERATIONS_FAILED
+
+
+class Unreadable(Exception):
+    """A sub-operation's stored file could not be read (or converted): it fails alone.
+    *lost*: the association it was being sent on is gone (the error came mid-stream)."""
+
+    def __init__(self, reason: str, *, lost: bool) -> None:
+        super().__init__(reason)
+        self.lost = lost
 
 
 class DestinationSlots:
@@ -264,7 +282,7 @@ class RetrieveService:
         try:
             items = self.index.instances(retrieve_filters(model, identifier))
         except SQLAlchemyError as exc:
-            return UNABLE_TO_CALCULATE, f"index database unavailable: {exc}"[:200], None
+            return UNABLE_TO_CALCULATE, database_error_reason(exc), None
         return status.SUCCESS, None, items
 
     def _destination(self, cmd: dimse.Command) -> Peer | None:
@@ -351,7 +369,21 @@ class RetrieveService:
                         reason=str(exc),
                     )
                 else:
-                    rsp = requests.request(chosen.context_id, _store_fields(item), dataset)
+                    try:
+                        rsp = requests.request(chosen.context_id, _store_fields(item), dataset)
+                    except FileReadError as exc:
+                        # Part of the data set is out: nothing but an A-ABORT can follow it.
+                        reason = str(exc.__cause__ or exc)
+                        log.warning(
+                            "scp.get.unreadable",
+                            **info.log_context(),
+                            sop_instance_uid=item.sop_instance_uid,
+                            reason=reason,
+                        )
+                        raise AbortAssociation(
+                            f"C-GET: stored file of {item.sop_instance_uid} became unreadable "
+                            f"while being sent ({reason})"
+                        ) from exc
                     value = rsp.command.get("Status")
                     code = value if isinstance(value, int) else None
             if done(item, code):
@@ -382,34 +414,68 @@ class RetrieveService:
                         return True
                 continue
             try:
-                sent = 0
-                try:
-                    with Requestor(params_for(destination, self.node, contexts)) as assoc:
-                        for item in group:
-                            code = self._move_one(assoc, item, originator)
-                            sent += 1
-                            if done(item, code):
-                                return True
-                except (AssociationRejected, AssociationAborted, PeerUnreachable) as exc:
-                    fields["destination_error"] = str(exc)
-                    for item in group[sent:]:
-                        if done(item, None):
-                            return True
+                if self._move_group(info, destination, contexts, group, originator, done, fields):
+                    return True
             finally:
                 slot.release()
         return False
 
+    def _move_group(
+        self,
+        info: AssociationInfo,
+        destination: Peer,
+        contexts: list[ContextRequest],
+        group: list[RetrieveItem],
+        originator: dict[str, Any],
+        done: Callable[[RetrieveItem, int | None], bool],
+        fields: dict[str, Any],
+    ) -> bool:
+        """Send *group* on one association, a new one after a file failed mid-stream (that
+        aborted the association); True if the requestor cancelled."""
+        sent = 0
+        while sent < len(group):
+            try:
+                with Requestor(params_for(destination, self.node, contexts)) as assoc:
+                    while sent < len(group):
+                        item = group[sent]
+                        lost = False
+                        try:
+                            code = self._move_one(assoc, item, originator)
+                        except Unreadable as exc:
+                            log.warning(
+                                "scp.move.unreadable",
+                                **info.log_context(),
+                                sop_instance_uid=item.sop_instance_uid,
+                                move_destination=destination.name,
+                                reason=str(exc),
+                                association_lost=exc.lost,
+                            )
+                            code, lost = None, exc.lost
+                        sent += 1
+                        if done(item, code):
+                            return True
+                        if lost:
+                            break  # the rest go on a new association
+            except (AssociationRejected, AssociationAborted, PeerUnreachable) as exc:
+                fields["destination_error"] = str(exc)
+                return any(done(item, None) for item in group[sent:])
+        return False
+
     @staticmethod
     def _move_one(assoc: Requestor, item: RetrieveItem, originator: dict[str, Any]) -> int | None:
+        """Send *item*; its status (None: no context for it). Unreadable if its file fails."""
         own = assoc.context_for(item.sop_class_uid, (item.transfer_syntax_uid,))
         ctx = own or assoc.context_for(item.sop_class_uid, UNCOMPRESSED_SYNTAXES)
         if ctx is None or ctx.transfer_syntax is None:
             return None
         try:
             dataset = _dataset_of(item, ctx.transfer_syntax)
-        except (OSError, ValueError):
-            return None
-        rsp = assoc.request(ctx.context_id, {**_store_fields(item), **originator}, dataset)
+        except (OSError, ValueError) as exc:
+            raise Unreadable(str(exc), lost=False) from exc
+        try:
+            rsp = assoc.request(ctx.context_id, {**_store_fields(item), **originator}, dataset)
+        except OSError as exc:  # reading the file mid-stream (``Requestor.send`` aborted)
+            raise Unreadable(str(exc), lost=True) from exc
         value = rsp.command.get("Status")
         return value if isinstance(value, int) else None
 

@@ -1,11 +1,15 @@
 """Back-fill of index rows written before the current ``INDEX_VERSION``: their query/retrieve
 keys (revision 0005 columns) read again from the stored files.
 
-``ctnode db upgrade`` runs it after migrating. Rows are taken in ``id`` order, ``batch_size`` at a
-time; each batch's files are walked with the scanner of the receive path (``dicom.scan``, the
-values through ``rows.query_values``) and the batch is updated in one transaction. An interrupt
-loses at most the batch in progress (its transaction never commits) and a rerun starts from the
-rows still pending: a row is pending while ``index_version`` is NULL or below ``INDEX_VERSION``.
+``ctnode db upgrade`` runs it after migrating. The node migrates SQLite itself at start-up but
+never back-fills (a long walk of the store before it can answer): ``warn_pending`` counts the
+pending rows and logs ``storage.backfill_pending`` with the command to run.
+
+Rows are taken in ``id`` order, ``batch_size`` at a time; each batch's files are walked with the
+scanner of the receive path (``dicom.scan``, the values through ``rows.query_values``) and the
+batch is updated in one transaction. An interrupt loses at most the batch in progress (its
+transaction never commits) and a rerun starts from the rows still pending: a row is pending
+while ``index_version`` is NULL or below ``INDEX_VERSION``.
 
 A row whose file is missing or does not hold its instance stays pending and is counted (it is
 reported, never fatal). Only live rows of this node are filled (all nodes' with shared storage):
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from ctnode.db.engine import READ_ONLY
 from ctnode.db.models import Instance
@@ -86,6 +91,31 @@ class BackfillReport:
             "other_nodes": self.other_nodes,
             "problems": list(self.problems),
         }
+
+
+def warn_pending(engine: Engine, node_name: str, *, shared: bool = False) -> int:
+    """Count this node's pending rows (one COUNT query) and, if any, log
+    ``storage.backfill_pending`` with the command that fills them; returns the count. Best
+    effort: a database error is logged and counts as 0 (start-up goes on)."""
+    try:
+        pending = Backfill(engine, Path(), node_name, shared=shared).count()
+    except SQLAlchemyError as exc:
+        log.warning(
+            "storage.backfill_check_failed",
+            error=(str(getattr(exc, "orig", None) or exc).splitlines() or ["?"])[0],
+        )
+        return 0
+    if pending:
+        log.warning(
+            "storage.backfill_pending",
+            rows=pending,
+            command="ctnode db upgrade",
+            detail=(
+                "rows stored before the current index version lack query/retrieve keys: "
+                "C-FIND on those keys misses them until `ctnode db upgrade` back-fills them"
+            ),
+        )
+    return pending
 
 
 class Backfill:
