@@ -158,7 +158,13 @@ def build_runtime(settings: Settings) -> Runtime:
         if settings.commitment_scp.mode == "upstream"
         else None
     )
-    reports = ReportOperation(settings.node, incoming, commits, upstream)
+    reports = ReportOperation(
+        settings.node,
+        incoming,
+        commits,
+        upstream,
+        held_on=None if settings.storage.shared else settings.node.name,
+    )
     intake = Intake(settings, incoming, repo, reports=reports)
     moves = MoveRegistry()  # C-MOVE arrivals: SCP -> move jobs of this process
     app = ScpApplication(
@@ -251,6 +257,24 @@ def _recover_reports(runtime: Runtime) -> None:
         return
     if count:
         log.info("commit_scp.reports_recovered", transactions=count)
+
+
+#: Seconds between two passes of the commitment reports' recovery (after the one at start-up).
+RECOVER_REPORTS_INTERVAL = 30.0
+
+
+async def recover_reports_periodically(
+    runtime: Runtime, stop: asyncio.Event, interval: float = RECOVER_REPORTS_INTERVAL
+) -> None:
+    """``_recover_reports`` every *interval* seconds until *stop* (after the pass at start-up):
+    a report whose job could not be queued when its N-ACTION was answered; a report job that
+    ended without the report is recorded ``failed``."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if stop.is_set():
+            return
+        await asyncio.to_thread(_recover_reports, runtime)
 
 
 def qr_handlers(
@@ -381,6 +405,9 @@ async def supervise(
     runtime.intake.notify = notify
     runtime.forwarder.notify = notify
     await asyncio.to_thread(_recover_reports, runtime)
+    recovery = asyncio.create_task(
+        recover_reports_periodically(runtime, stop_workers), name="commit_scp_recovery"
+    )
     workers = asyncio.create_task(runtime.workers.run(stop_workers), name="workers")
     forwarding = asyncio.create_task(runtime.forwarder.run(stop_workers), name="forwarder")
     supervisor.ready()
@@ -402,6 +429,8 @@ async def supervise(
         await asyncio.to_thread(runtime.server.abort_all)
     with contextlib.suppress(Exception):
         await forwarding
+    with contextlib.suppress(Exception):
+        await recovery
     try:
         await asyncio.wait_for(workers, settings.node.shutdown_grace)
     except TimeoutError:

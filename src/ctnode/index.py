@@ -159,18 +159,20 @@ def present_instances(
     return found
 
 
-def stored_instances(session: Session, sop_instance_uids: list[str]) -> list[Instance]:
-    """The stored (not deleted) instances among *sop_instance_uids*, in no particular order."""
+def stored_instances(
+    session: Session, sop_instance_uids: list[str], *, node_name: str | None = None
+) -> list[Instance]:
+    """The stored (not deleted) instances among *sop_instance_uids*, on *node_name* if given,
+    in no particular order."""
     found: list[Instance] = []
     for start in range(0, len(sop_instance_uids), 500):
-        found.extend(
-            session.scalars(
-                select(Instance).where(
-                    Instance.sop_instance_uid.in_(sop_instance_uids[start : start + 500]),
-                    Instance.deleted_at.is_(None),
-                )
-            )
+        query = select(Instance).where(
+            Instance.sop_instance_uid.in_(sop_instance_uids[start : start + 500]),
+            Instance.deleted_at.is_(None),
         )
+        if node_name is not None:
+            query = query.where(Instance.node_name == node_name)
+        found.extend(session.scalars(query))
     return found
 
 
@@ -206,10 +208,13 @@ class IndexReader:
             commits = commitments_of(session, [r.sop_instance_uid for r in found])
             return [instance_json(r, commits.get(r.sop_instance_uid)) for r in found]
 
-    def stored(self, sop_instance_uids: list[str]) -> list[Instance]:
-        """The stored (not deleted) instances among *sop_instance_uids* (detached rows)."""
+    def stored(
+        self, sop_instance_uids: list[str], *, node_name: str | None = None
+    ) -> list[Instance]:
+        """The stored (not deleted) instances among *sop_instance_uids*, on *node_name* if
+        given (detached rows)."""
         with self.sessions() as session:
-            return stored_instances(session, sop_instance_uids)
+            return stored_instances(session, sop_instance_uids, node_name=node_name)
 
     def present(self, sop_instance_uids: list[str], *, node_name: str | None = None) -> set[str]:
         """Which of *sop_instance_uids* are stored (not deleted), on *node_name* if given."""

@@ -3,6 +3,9 @@ per-instance decisions and report (PS3.4 J.3.3), without sockets or a database."
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -16,10 +19,17 @@ from ctnode.commitment_scp.decide import (
     report_of,
 )
 from ctnode.commitment_scp.requests import Refusal, read_request
-from ctnode.dicom.commitment_messages import CommitmentAction, SopReference
+from ctnode.dicom import commitment_messages
+from ctnode.dicom.commitment_messages import (
+    ActionError,
+    CommitmentAction,
+    SopReference,
+    parse_action,
+)
 from ctnode.dicom.contexts import (
     CT_IMAGE,
     EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
     MR_IMAGE,
     STORAGE_COMMITMENT_PUSH,
     STORAGE_COMMITMENT_PUSH_INSTANCE,
@@ -124,3 +134,58 @@ def test_report_event_types() -> None:
         pass
     else:
         raise AssertionError("a report with a pending instance")
+
+
+def test_both_encodings_and_trailing_elements_are_read() -> None:
+    """Implicit and Explicit VR, a sequence of defined or undefined length, an element after
+    the sequence: the same request comes out."""
+    refs = [(CT_IMAGE, "1.2.3.4.5"), (MR_IMAGE, "1.2.3.4.6")]
+    want = CommitmentAction("1.2.3.9", (REF, SopReference(MR_IMAGE, "1.2.3.4.6")))
+    for explicit in (True, False):
+        for undefined in (True, False):
+            ds = Dataset()
+            ds.TransactionUID = "1.2.3.9"
+            ds.ReferencedSOPSequence = Sequence(
+                [_item(sop_class, sop_instance) for sop_class, sop_instance in refs]
+            )
+            ds.ReferencedSOPSequence.is_undefined_length = undefined
+            ds.StorageMediaFileSetUID = "1.2.3.10"  # (0088,0140), after the sequence
+            syntax = EXPLICIT_VR_LE if explicit else IMPLICIT_VR_LE
+            data = encode_dataset(ds, explicit=explicit)
+            assert parse_action(data, syntax) == want, (explicit, undefined)
+
+
+def _item(sop_class: str, sop_instance: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_instance
+    return item
+
+
+def test_an_over_limit_sequence_is_refused_without_reading_it_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More items than MAX_ACTION_REFERENCES: 0x0213, and reading stopped at the first item
+    over the limit (the rest of the sequence is never parsed)."""
+    monkeypatch.setattr(commitment_messages, "MAX_ACTION_REFERENCES", 5)
+    import pydicom.filereader
+
+    calls = 0
+    real = pydicom.filereader.read_sequence_item
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom.filereader, "read_sequence_item", counting)
+    data = _action(refs=[(CT_IMAGE, f"1.2.3.4.{n}") for n in range(1, 1001)])
+    with pytest.raises(ActionError) as refused:
+        parse_action(data, EXPLICIT_VR_LE)
+    assert refused.value.status == 0x0213
+    assert calls == 6
+    answer = read_request(FIELDS, data, EXPLICIT_VR_LE)
+    assert isinstance(answer, Refusal) and answer.status == 0x0213
+    # At the limit it is accepted.
+    five = _action(refs=[(CT_IMAGE, f"1.2.3.4.{n}") for n in range(1, 6)])
+    assert len(parse_action(five, EXPLICIT_VR_LE).references) == 5

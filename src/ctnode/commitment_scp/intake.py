@@ -3,7 +3,11 @@
 ``Intake.handle`` runs in the association's thread. It checks the request (``requests``),
 persists the transaction with every instance (``transactions``) and queues the
 ``commit_report`` job that sends the report — both before the N-ACTION-RSP is sent, so that an
-answered request survives ``kill -9``. N-ACTION-RSP statuses:
+answered request survives ``kill -9``. Once the transaction is persisted the answer is success
+even if queueing the job fails (logged ``scp.commit.report_not_queued``): ``recover``, run at
+start-up and periodically by the daemon, queues the report of every pending transaction
+without a job. With storage not shared between nodes the job is pinned to this node (it holds
+the files). N-ACTION-RSP statuses:
 
 * 0x0000 the request is persisted (or is a repeat of one already persisted from this peer)
 * 0x0124 not authorised — the caller is not a configured peer with ``commit`` in its
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -47,6 +52,8 @@ from ctnode.ul.dimse import Command
 log = get_logger("ctnode.scp")
 
 NOT_AUTHORIZED = 0x0124
+#: ``recover`` leaves alone a transaction received less than this long ago (seconds).
+RECOVER_MIN_AGE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +151,6 @@ class Intake:
                 upstream=config.upstream,
                 report_within=config.report_within,
             )
-            if tx.report_job_id is None:
-                self._queue_report(peer, tx, same_association)
-                tx = self.transactions.get(tx.transaction_uid) or tx
         except DuplicateTransaction as exc:
             return self._refused(log_fields, Refusal(st.PROCESSING_FAILURE, str(exc)))
         except SQLAlchemyError as exc:
@@ -155,6 +159,19 @@ class Intake:
                 log_fields,
                 Refusal(st.RESOURCE_LIMITATION, f"cannot persist the request: {reason}"),
             )
+        if tx.report_job_id is None:
+            # The transaction is committed: whatever happens now, the answer is success.
+            try:
+                self._queue_report(peer, tx, same_association)
+                tx = self.transactions.get(tx.transaction_uid) or tx
+            except Exception as exc:
+                log.warning(
+                    "scp.commit.report_not_queued",
+                    **log_fields,
+                    transaction_uid=tx.transaction_uid,
+                    error=str(getattr(exc, "orig", exc)).splitlines()[0] or repr(exc),
+                    detail="the request is persisted; the periodic recovery queues its report",
+                )
         log.info(
             "scp.commit.accepted",
             **log_fields,
@@ -177,15 +194,26 @@ class Intake:
             policy=policy,
             idempotency_key=f"commit-report-{tx.transaction_uid}",
             delay=peer.config.commit_linger if same_association else 0.0,
+            # Not shared: the files are in this node's store (upstream pushes read them).
+            node_name=None if self.settings.storage.shared else self.settings.node.name,
         )
         self.transactions.set_report_job(tx.transaction_uid, job.id)
         return job.id
 
-    def recover(self, peer_for: Callable[[str], Peer | None]) -> int:
+    def recover(
+        self, peer_for: Callable[[str], Peer | None], *, min_age: float = RECOVER_MIN_AGE
+    ) -> int:
         """Queue the report of every pending transaction without a job (a crash between
-        persisting and queueing); returns how many."""
+        persisting and queueing, or the queueing failed) received at least *min_age* seconds
+        ago (not one whose N-ACTION is being answered now); returns how many. Also stores
+        ``failed`` for pending transactions whose report job ended without the report
+        (``IncomingCommitments.record_abandoned``)."""
+        abandoned = self.transactions.record_abandoned()
+        if abandoned:
+            log.warning("commit_scp.reports_abandoned", transactions=abandoned)
         count = 0
-        for uid in self.transactions.pending_without_job():
+        before = self.transactions.clock() - timedelta(seconds=min_age)
+        for uid in self.transactions.pending_without_job(received_before=before):
             tx = self.transactions.get(uid)
             peer = peer_for(tx.peer) if tx is not None else None
             if tx is None or peer is None:

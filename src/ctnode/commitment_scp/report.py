@@ -13,7 +13,13 @@ One attempt:
    sends N-EVENT-REPORT, PS3.7 D.3.3.4); the A-ASSOCIATE-AC must not refuse that role;
 4. the peer's N-EVENT-REPORT-RSP success (or warning) → ``reported``, the job succeeds; a
    failure status, an unreachable or refusing peer → the peer's retry policy decides, and when
-   it gives up the transaction is ``failed`` (``ctnode jobs retry`` sends it again).
+   it gives up the transaction is ``failed`` (``ctnode jobs retry`` sends it again). When
+   the job ends without the report in any other way (a permanent outcome, a crash, a cancel),
+   reads show the transaction ``failed`` too: they derive it from the job's final state
+   (``transactions.effective_state``).
+
+With storage not shared between nodes (``storage.shared: false``) the job is pinned to the node
+that received the N-ACTION, and only that node's store counts as holding an instance.
 
 ``send_on_association`` sends a decided report on the N-ACTION's own association (``intake``).
 """
@@ -110,11 +116,16 @@ class ReportOperation:
         committed: Committed,
         upstream: Upstream | None = None,
         observer: Callable[[str, str], None] | None = None,
+        *,
+        held_on: str | None = None,
     ) -> None:
         self.node = node
         self.transactions = transactions
         self.committed = committed
         self.upstream = upstream
+        #: Storage not shared between nodes: the node whose store counts as holding an
+        #: instance (this one; its report jobs are pinned here). None: any node's.
+        self.held_on = held_on
         #: Told (how, outcome) per report sent: how = same_association | new_association.
         self.observer = observer
 
@@ -161,7 +172,7 @@ class ReportOperation:
         items = self.transactions.items(tx.transaction_uid)
         refs = [i.reference for i in items]
         uids = [r.sop_instance_uid for r in refs]
-        held = self.transactions.held(uids)
+        held = self.transactions.held(uids, node_name=self.held_on)
         mode = Mode(tx.mode)
         committed_by: dict[str, set[str]] = {}
         if mode is Mode.UPSTREAM:

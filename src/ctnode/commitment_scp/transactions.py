@@ -3,7 +3,13 @@
 
 A transaction is persisted, with every requested instance, before the N-ACTION is answered;
 its state is ``pending`` until the requestor answered the report (N-EVENT-REPORT-RSP), then
-``reported``; ``failed`` when the report job gave up (out of attempts).
+``reported``; ``failed`` when the report job gave up.
+
+Reads derive ``failed`` from the report job's final state (``effective_state``): a transaction
+not ``reported`` whose report job ended ``failed`` or ``cancelled`` (out of attempts, a
+permanent outcome, a crash, a cancel — however the worker ended it) reads as ``failed``, one
+whose job is queued, running or waiting again (``ctnode jobs retry``) reads as ``pending``.
+``record_abandoned`` (the daemon's periodic recovery) also stores that ``failed`` state.
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, and_, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ctnode.commitment_scp.decide import Answer, Held, Verdict
-from ctnode.db.models import IncomingCommitment, IncomingCommitmentItem, Instance
+from ctnode.db.models import IncomingCommitment, IncomingCommitmentItem, Instance, Job
 from ctnode.db.types import utcnow
 from ctnode.dicom.commitment_messages import CommitmentAction, SopReference
 
@@ -30,6 +36,28 @@ _CHUNK = 500
 def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
     for start in range(0, len(values), _CHUNK):
         yield values[start : start + _CHUNK]
+
+
+#: Report job states that end it without the report; a transaction still ``pending`` then is
+#: ``failed``.
+ABANDONED_JOB_STATES = ("failed", "cancelled")
+#: Report job states in which the report is still being sent (a retried job included).
+LIVE_JOB_STATES = ("queued", "running", "waiting")
+
+
+def effective_state() -> ColumnElement[str]:
+    """The transaction's state derived from its report job (needs ``Job`` outer-joined on
+    ``report_job_id``; see the module docstring)."""
+    return case(
+        (IncomingCommitment.state == "reported", IncomingCommitment.state),
+        (Job.state.in_(ABANDONED_JOB_STATES), "failed"),
+        (Job.state.in_(LIVE_JOB_STATES), "pending"),
+        else_=IncomingCommitment.state,
+    )
+
+
+def _with_job(query: Any) -> Any:
+    return query.outerjoin(Job, Job.id == IncomingCommitment.report_job_id)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -71,8 +99,17 @@ class IncomingTransaction:
     failed: int = 0
 
     @classmethod
-    def from_row(cls, row: IncomingCommitment, counts: dict[str, int]) -> IncomingTransaction:
-        """Build from a row and ``{item state: count}``."""
+    def from_row(
+        cls,
+        row: IncomingCommitment,
+        counts: dict[str, int],
+        state: str | None = None,
+        job_error: str | None = None,
+    ) -> IncomingTransaction:
+        """Build from a row and ``{item state: count}``; *state*: the effective state (None:
+        the stored one), *job_error*: the report job's last error (shown for a ``failed``
+        transaction that has none of its own)."""
+        effective = IncomingState(state or row.state)
         return cls(
             row.transaction_uid,
             row.peer,
@@ -80,7 +117,7 @@ class IncomingTransaction:
             row.peer_address,
             row.mode,
             tuple(row.upstream or ()),
-            IncomingState(row.state),
+            effective,
             row.received_at,
             row.deadline,
             row.decided_at,
@@ -88,7 +125,8 @@ class IncomingTransaction:
             row.event_type,
             row.report_job_id,
             row.report_attempts,
-            row.last_error,
+            row.last_error
+            or (job_error if effective is IncomingState.FAILED and job_error else None),
             sum(counts.values()),
             counts.get(Answer.COMMITTED, 0),
             counts.get(Answer.FAILED, 0),
@@ -166,29 +204,39 @@ class IncomingReader:
         return out
 
     def get(self, transaction_uid: str) -> IncomingTransaction | None:
-        """The transaction, or None."""
+        """The transaction (its effective state), or None."""
+        query = _with_job(
+            select(IncomingCommitment, effective_state(), Job.last_error).where(
+                IncomingCommitment.transaction_uid == transaction_uid
+            )
+        )
         with self.sessions() as session:
-            row = session.get(IncomingCommitment, transaction_uid)
-            if row is None:
+            found = session.execute(query).first()
+            if found is None:
                 return None
+            row, state, job_error = found
             counts = self._counts(session, [transaction_uid])
-            return IncomingTransaction.from_row(row, counts.get(transaction_uid, {}))
+            return IncomingTransaction.from_row(
+                row, counts.get(transaction_uid, {}), state, job_error
+            )
 
     def transactions(
         self, *, peer: str | None = None, state: str | None = None, limit: int = 200
     ) -> list[IncomingTransaction]:
-        """Transactions, newest first."""
-        query = select(IncomingCommitment)
+        """Transactions, newest first (*state*: the effective state)."""
+        effective = effective_state()
+        query = _with_job(select(IncomingCommitment, effective, Job.last_error))
         if peer is not None:
             query = query.where(IncomingCommitment.peer == peer)
         if state is not None:
-            query = query.where(IncomingCommitment.state == state)
+            query = query.where(effective == state)
         query = query.order_by(IncomingCommitment.received_at.desc()).limit(limit)
         with self.sessions() as session:
-            rows = list(session.scalars(query))
-            counts = self._counts(session, [r.transaction_uid for r in rows])
+            rows = list(session.execute(query))
+            counts = self._counts(session, [r.transaction_uid for r, _, _ in rows])
             return [
-                IncomingTransaction.from_row(r, counts.get(r.transaction_uid, {})) for r in rows
+                IncomingTransaction.from_row(r, counts.get(r.transaction_uid, {}), st, error)
+                for r, st, error in rows
             ]
 
     def items(self, transaction_uid: str) -> list[IncomingItem]:
@@ -207,39 +255,45 @@ class IncomingReader:
                 )
             ]
 
-    def pending_without_job(self) -> list[str]:
-        """Pending transactions whose report job was never recorded (a crash in between)."""
+    def pending_without_job(self, received_before: datetime | None = None) -> list[str]:
+        """Pending transactions whose report job was never recorded (a crash in between, or
+        the queueing failed); *received_before*: only those received before then (not one
+        whose N-ACTION is being answered right now)."""
+        query = select(IncomingCommitment.transaction_uid).where(
+            IncomingCommitment.state == IncomingState.PENDING.value,
+            IncomingCommitment.report_job_id.is_(None),
+        )
+        if received_before is not None:
+            query = query.where(IncomingCommitment.received_at < received_before)
         with self.sessions() as session:
-            return list(
-                session.scalars(
-                    select(IncomingCommitment.transaction_uid).where(
-                        IncomingCommitment.state == IncomingState.PENDING.value,
-                        IncomingCommitment.report_job_id.is_(None),
-                    )
-                )
-            )
+            return list(session.scalars(query))
 
     def counts(self) -> dict[str, int]:
-        """Incoming transactions by state (metrics)."""
+        """Incoming transactions by (effective) state (metrics)."""
         out = {state.value: 0 for state in IncomingState}
+        effective = effective_state()
         with self.sessions() as session:
             for state, count in session.execute(
-                select(IncomingCommitment.state, func.count()).group_by(IncomingCommitment.state)
+                _with_job(select(effective, func.count())).group_by(effective)
             ):
                 out[state] = int(count)
         return out
 
-    def held(self, sop_instance_uids: Iterable[str]) -> dict[str, Held]:
-        """What the index says about these instances (absent: never received)."""
+    def held(
+        self, sop_instance_uids: Iterable[str], *, node_name: str | None = None
+    ) -> dict[str, Held]:
+        """What the index says about these instances (absent: never received); *node_name*:
+        only what that node's store holds (storage not shared between nodes)."""
         uids = list(dict.fromkeys(sop_instance_uids))
         out: dict[str, Held] = {}
         with self.sessions() as session:
             for chunk in _chunks(uids):
-                for uid, sop_class, deleted_at in session.execute(
-                    select(
-                        Instance.sop_instance_uid, Instance.sop_class_uid, Instance.deleted_at
-                    ).where(Instance.sop_instance_uid.in_(chunk))
-                ):
+                query = select(
+                    Instance.sop_instance_uid, Instance.sop_class_uid, Instance.deleted_at
+                ).where(Instance.sop_instance_uid.in_(chunk))
+                if node_name is not None:
+                    query = query.where(Instance.node_name == node_name)
+                for uid, sop_class, deleted_at in session.execute(query):
                     out[uid] = Held(sop_class, deleted_at is None)
         return out
 
@@ -328,19 +382,34 @@ class IncomingCommitments(IncomingReader):
 
     def record(self, transaction_uid: str, verdicts: Sequence[Verdict]) -> bool:
         """Write every instance's answer; once none is pending, the transaction is decided
-        (its event type set). Returns True when decided."""
+        (its event type set). Returns True when decided.
+
+        Only the items whose answer changed are written, in one batched UPDATE by primary key
+        (an upstream transaction is looked at again and again, mostly unchanged)."""
         decided = all(v.answer is not Answer.PENDING for v in verdicts)
+        wanted = {
+            (v.reference.sop_class_uid, v.reference.sop_instance_uid): (
+                v.answer.value,
+                v.failure_reason,
+            )
+            for v in verdicts
+        }
         with self.sessions() as session:
-            for verdict in verdicts:
-                session.execute(
-                    update(IncomingCommitmentItem)
-                    .where(
-                        IncomingCommitmentItem.transaction_uid == transaction_uid,
-                        IncomingCommitmentItem.sop_instance_uid
-                        == verdict.reference.sop_instance_uid,
-                    )
-                    .values(state=verdict.answer.value, failure_reason=verdict.failure_reason)
-                )
+            changed = []
+            for item_id, sop_class, sop_instance, state, reason in session.execute(
+                select(
+                    IncomingCommitmentItem.id,
+                    IncomingCommitmentItem.sop_class_uid,
+                    IncomingCommitmentItem.sop_instance_uid,
+                    IncomingCommitmentItem.state,
+                    IncomingCommitmentItem.failure_reason,
+                ).where(IncomingCommitmentItem.transaction_uid == transaction_uid)
+            ):
+                new = wanted.get((sop_class, sop_instance))
+                if new is not None and new != (state, reason):
+                    changed.append({"id": item_id, "state": new[0], "failure_reason": new[1]})
+            for chunk in _chunks(changed):
+                session.execute(update(IncomingCommitmentItem), list(chunk))
             if decided:
                 failures = any(v.answer is Answer.FAILED for v in verdicts)
                 session.execute(
@@ -396,6 +465,37 @@ class IncomingCommitments(IncomingReader):
                 .values(state=IncomingState.FAILED.value, last_error=error)
             )
             session.commit()
+
+    def record_abandoned(self) -> int:
+        """Store ``failed`` for every ``pending`` transaction whose report job ended without
+        the report (``failed``/``cancelled``: a permanent outcome, a crash, out of attempts as
+        the worker decided, a cancel); returns how many. Reads already show them failed."""
+        job = select(Job.id).where(
+            Job.id == IncomingCommitment.report_job_id, Job.state.in_(ABANDONED_JOB_STATES)
+        )
+        job_error = (
+            select(Job.last_error).where(Job.id == IncomingCommitment.report_job_id)
+        ).scalar_subquery()
+        with self.sessions() as session:
+            result = session.execute(
+                update(IncomingCommitment)
+                .where(
+                    and_(
+                        IncomingCommitment.state == IncomingState.PENDING.value,
+                        IncomingCommitment.report_job_id.is_not(None),
+                        job.exists(),
+                    )
+                )
+                .values(
+                    state=IncomingState.FAILED.value,
+                    last_error=func.coalesce(
+                        IncomingCommitment.last_error, job_error, "the report job ended"
+                    ),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def _update(self, transaction_uid: str, **values: Any) -> None:
         with self.sessions() as session:

@@ -171,11 +171,13 @@ class UpstreamRequests:
         return out
 
     def _stored(self, uids: list[str]) -> dict[str, NewItem]:
-        """The stored instances among *uids* as push items (absolute paths), by UID."""
+        """The stored instances among *uids* as push items (absolute paths), by UID; with
+        storage not shared, only those in this node's store (the report job runs here)."""
         root: Path = self.settings.storage.store_dir.absolute()
+        node = None if self.settings.storage.shared else self.settings.node.name
         return {
             r.sop_instance_uid: NewItem(
                 r.sop_class_uid, r.sop_instance_uid, r.transfer_syntax_uid, str(root / r.path)
             )
-            for r in self.index.stored(uids)
+            for r in self.index.stored(uids, node_name=node)
         }

@@ -11,6 +11,7 @@ Sequence, each with a Failure Reason (0x0110 processing failure, 0x0112 no such 
 
 from __future__ import annotations
 
+import struct
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -199,39 +200,41 @@ class CommitmentAction:
 #: Most instances ctnode accepts in one commitment request (a study has a few thousand).
 MAX_ACTION_REFERENCES = 100_000
 INVALID_ARGUMENT_VALUE = 0x0115
+RESOURCE_LIMITATION = 0x0213
+
+
+#: (0008,1199) Referenced SOP Sequence.
+_REFERENCED_SOP_SEQUENCE = 0x00081199
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def parse_action(data: bytes, transfer_syntax: str) -> CommitmentAction:
     """Decode an N-ACTION-RQ data set (PS3.4 J.3.2.1.1); ActionError says what is wrong.
 
     Every item of the Referenced SOP Sequence needs a valid Referenced SOP Class and Instance
-    UID; the sequence must not be empty; the Transaction UID must be a valid UID.
+    UID; the sequence must not be empty; the Transaction UID must be a valid UID. The sequence
+    is read item by item, each kept only as its two UIDs, and reading stops at the first item
+    over ``MAX_ACTION_REFERENCES`` (0x0213): a peer cannot make ctnode build a data set of every
+    item of a 16 MiB message.
     """
     from pydicom.filereader import read_dataset
 
+    implicit = transfer_syntax == IMPLICIT_VR_LE
+    fp = BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = read_dataset(
-                BytesIO(data),
-                is_implicit_VR=transfer_syntax == IMPLICIT_VR_LE,
+            # The elements before the sequence (the Transaction UID); stop at the sequence.
+            head = read_dataset(
+                fp,
+                is_implicit_VR=implicit,
                 is_little_endian=True,
+                stop_when=lambda tag, _vr, _length: tag >= _REFERENCED_SOP_SEQUENCE,
             )
-            transaction_uid = _text(ds, "TransactionUID")
-            sequence = ds.get("ReferencedSOPSequence")
-            items = list(sequence) if sequence is not None else None
-            references = []
-            for number, item in enumerate(items or [], start=1):
-                ref = SopReference(
-                    _text(item, "ReferencedSOPClassUID"), _text(item, "ReferencedSOPInstanceUID")
-                )
-                if not is_valid_uid(ref.sop_class_uid) or not is_valid_uid(ref.sop_instance_uid):
-                    raise ActionError(
-                        f"Referenced SOP Sequence item {number} lacks a valid Referenced SOP "
-                        "Class UID or Referenced SOP Instance UID",
-                        INVALID_ARGUMENT_VALUE,
-                    )
-                references.append(ref)
+            transaction_uid = _text(head, "TransactionUID")
+            references = _read_references(fp, implicit)
+            # The rest (optional elements ctnode does not use) must still be decodable.
+            read_dataset(fp, is_implicit_VR=implicit, is_little_endian=True)
     except ActionError:
         raise
     except Exception as exc:  # pydicom raises many kinds on malformed input
@@ -245,12 +248,56 @@ def parse_action(data: bytes, transfer_syntax: str) -> CommitmentAction:
             "the action information has no (or an empty) Referenced SOP Sequence",
             INVALID_ARGUMENT_VALUE,
         )
-    if len(references) > MAX_ACTION_REFERENCES:
-        raise ActionError(
-            f"{len(references)} instances in one request; at most {MAX_ACTION_REFERENCES}",
-            0x0213,
-        )
     return CommitmentAction(transaction_uid, tuple(dict.fromkeys(references)))
+
+
+def _read_references(fp: BytesIO, implicit: bool) -> list[SopReference]:
+    """The Referenced SOP Sequence at *fp* (none there: empty), item by item; *fp* ends after
+    it. At most ``MAX_ACTION_REFERENCES`` items are read (more: ActionError 0x0213)."""
+    from pydicom.charset import default_encoding
+    from pydicom.filereader import read_sequence_item
+
+    header = fp.read(8)
+    if len(header) < 8:
+        return []
+    group, element = struct.unpack("<HH", header[:4])
+    if (group << 16 | element) != _REFERENCED_SOP_SEQUENCE:
+        fp.seek(-8, 1)  # no sequence: the element after it
+        return []
+    item_implicit = implicit
+    if implicit:
+        (length,) = struct.unpack("<L", header[4:])
+    else:
+        vr = header[4:6]
+        if vr not in (b"SQ", b"UN"):
+            raise ActionError(
+                f"the Referenced SOP Sequence has VR {vr!r}, not SQ", INVALID_ARGUMENT_VALUE
+            )
+        (length,) = struct.unpack("<L", fp.read(4))
+        # PS3.5 6.2.2: a sequence sent as UN is encoded in Implicit VR Little Endian.
+        item_implicit = vr == b"UN"
+    start = fp.tell()
+    references: list[SopReference] = []
+    while length == _UNDEFINED_LENGTH or fp.tell() - start < length:
+        item = read_sequence_item(fp, item_implicit, True, default_encoding)
+        if item is None:  # Sequence Delimitation Item
+            break
+        if len(references) >= MAX_ACTION_REFERENCES:
+            raise ActionError(
+                f"more than {MAX_ACTION_REFERENCES} instances in one request",
+                RESOURCE_LIMITATION,
+            )
+        ref = SopReference(
+            _text(item, "ReferencedSOPClassUID"), _text(item, "ReferencedSOPInstanceUID")
+        )
+        if not is_valid_uid(ref.sop_class_uid) or not is_valid_uid(ref.sop_instance_uid):
+            raise ActionError(
+                f"Referenced SOP Sequence item {len(references) + 1} lacks a valid Referenced "
+                "SOP Class UID or Referenced SOP Instance UID",
+                INVALID_ARGUMENT_VALUE,
+            )
+        references.append(ref)
+    return references
 
 
 @dataclass(frozen=True, slots=True)
