@@ -245,38 +245,3 @@ def test_an_unknown_destination_fails_the_rows_with_a_reason(
     assert row.state == "failed" and "not configured" in str(row.error)
     with sessions() as session:
         assert session.scalar(select(Instance.id)) is not None
-
-
-def test_decisions_are_keyed_by_the_instance_row_once_per_destination(
-    tmp_path: Path, engine: Engine, sessions: sessionmaker[Session]
-) -> None:
-    """A decision written at ingest carries its instance row's id (``instance_id``, taken by
-    the INSERT … SELECT in the instance's transaction); a second decision for the same
-    instance and destination is refused by the database."""
-    from sqlalchemy import insert
-    from sqlalchemy.exc import IntegrityError
-
-    _, store, _, _ = _setup(
-        tmp_path,
-        engine,
-        {"ct": {"match": {"modality": ["CT"]}, "stable_after": 30, "to": ["pacs"]}},
-    )
-    ids = new_ids()
-    uids = [_ingest(store, make_dataset(CT_IMAGE, ids, number=n)) for n in range(2)]
-    with sessions() as session:
-        found = session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(uids)))
-        id_of = {inst.sop_instance_uid: inst.id for inst in found}
-    rows = _matches(sessions)
-    assert {(r.sop_instance_uid, r.instance_id) for r in rows} == set(id_of.items())
-    first = rows[0]
-    duplicate = {
-        c.key: getattr(first, c.key) for c in RouteMatch.__table__.columns if c.key != "id"
-    }
-    with sessions() as session:
-        try:
-            session.execute(insert(RouteMatch), [duplicate])
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-        else:
-            raise AssertionError("a second decision for one instance and destination")
