@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -245,3 +246,32 @@ def test_an_unknown_destination_fails_the_rows_with_a_reason(
     assert row.state == "failed" and "not configured" in str(row.error)
     with sessions() as session:
         assert session.scalar(select(Instance.id)) is not None
+
+
+@pytest.mark.parametrize("skew_minutes", [5, -5])
+def test_failed_forwards_are_reconciled_once_whatever_the_database_clock(
+    tmp_path: Path, engine: Engine, sessions: sessionmaker[Session], skew_minutes: int
+) -> None:
+    """The database's clock (which writes the job's finished_at) minutes ahead of or behind
+    this host's: a failed forward is reconciled once (not on every pass), and the same job
+    retried and succeeding later is reconciled too."""
+    _, store, forwarder, clock = _setup(
+        tmp_path, engine, {"all": {"trigger": "instance", "to": ["pacs"]}}
+    )
+    repo = JobRepository(engine, clock_offset=lambda: timedelta(minutes=skew_minutes))
+    forwarder.repo = repo
+    uid = _ingest(store, make_dataset(CT_IMAGE))
+    clock.advance(5)
+    assert forwarder.step() == 1
+    (row,) = _matches(sessions)
+    _run_job(repo, row.job_id, fail_uid=uid)
+    assert forwarder.reconcile() == 1
+    assert forwarder.reconcile() == 0  # not matched again on the next pass
+    (row,) = _matches(sessions)
+    assert row.state == "failed"
+    repo.retry(row.job_id)
+    _run_job(repo, row.job_id)
+    assert forwarder.reconcile() == 1
+    (row,) = _matches(sessions)
+    assert row.state == "delivered" and row.error is None
+    assert forwarder.reconcile() == 0

@@ -23,7 +23,9 @@ Exactly once per instance and destination: a row exists once per (instance, dest
 is taken by one batch; a push job that resumes after ``kill -9`` may resend the instances whose
 outcome was not yet recorded (bounded by the push's outcome batch). Times are this host's clock
 (``matched_at`` was written by this node's receive path, and each node forwards only what its
-own store holds unless ``storage.shared``).
+own store holds unless ``storage.shared``), except that a reconciled row's ``updated_at`` is
+the database's clock, the one the job's ``finished_at`` comes from (a failed row is matched
+again only when its job ended after it was reconciled, i.e. was retried).
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ _DONE_JOB_STATES = ("succeeded", "failed", "cancelled")
 _DELIVERED_ITEMS = ("succeeded", "warning")
 #: Seconds past a group's due time at which the pass runs (timestamps are microseconds).
 _DUE_MARGIN = 0.005
+
+
+def _at_least(now: datetime, row: Any) -> datetime:
+    """A failed row's ``updated_at``: never before its job's end (a job that ended after this
+    transaction began must not be matched again), so only a later end (``jobs retry``) is."""
+    finished: datetime | None = row.finished_at
+    return now if finished is None or finished <= now else finished
 
 
 class Forwarder:
@@ -304,7 +313,7 @@ class Forwarder:
         query = (
             select(rm.id, rm.route, rm.destination, rm.job_id, rm.sop_instance_uid)
             .add_columns(JobItem.state, JobItem.error)
-            .add_columns(JobRow.last_error, rm.state.label("row_state"))
+            .add_columns(JobRow.last_error, JobRow.finished_at, rm.state.label("row_state"))
             .join(JobRow, JobRow.id == rm.job_id)
             .join(
                 JobItem,
@@ -327,7 +336,9 @@ class Forwarder:
                 return 0
             delivered = [r.id for r in rows if r.state in _DELIVERED_ITEMS]
             failed = [r for r in rows if r.state not in _DELIVERED_ITEMS]
-            now = utcnow()
+            # The database's clock, the one that wrote the job's finished_at (not this host's:
+            # a failed row is matched again while finished_at > updated_at).
+            now = self.repo.now(session)
             for start in range(0, len(delivered), 500):
                 session.execute(
                     update(rm)
@@ -340,7 +351,7 @@ class Forwarder:
                 session.execute(
                     update(rm)
                     .where(rm.id == row.id)
-                    .values(state=FAILED, error=error[:2000], updated_at=now)
+                    .values(state=FAILED, error=error[:2000], updated_at=_at_least(now, row))
                     .execution_options(synchronize_session=False)
                 )
             session.commit()
