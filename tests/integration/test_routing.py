@@ -4,6 +4,7 @@ between taking a batch and writing its job, replay."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ctnode.config import Settings
+from ctnode.db import migrate
+from ctnode.db.engine import create_db_engine
 from ctnode.db.models import Instance, RouteMatch
 from ctnode.db.types import utcnow
 from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE, MR_IMAGE
@@ -23,7 +26,7 @@ from ctnode.routing.decisions import RouteHolder
 from ctnode.routing.forwarder import Forwarder
 from ctnode.routing.replay import replay
 from ctnode.routing.rules import load_routes
-from ctnode.routing.state import route_counters, study_routes
+from ctnode.routing.state import RouteCounts, holding, route_counters, study_routes
 from ctnode.storage import Store, StoreRequest
 from tests.helpers.dicomgen import encode_dataset, make_dataset, new_ids
 from tests.helpers.procs import write_yaml
@@ -275,3 +278,29 @@ def test_failed_forwards_are_reconciled_once_whatever_the_database_clock(
     (row,) = _matches(sessions)
     assert row.state == "delivered" and row.error is None
     assert forwarder.reconcile() == 0
+
+
+def test_routing_reads_do_not_wait_for_the_sqlite_write_lock(tmp_path: Path) -> None:
+    """While another connection holds SQLite's write lock (an ingest committing), what routing
+    only reads (instances to hold, metrics, pending groups, batches to recover) is answered
+    without waiting for it."""
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'ctnode.db'}", busy_timeout=0.2)
+    migrate.upgrade(engine)
+    try:
+        _, store, forwarder, _ = _setup(
+            tmp_path, engine, {"all": {"trigger": "instance", "to": ["pacs"]}}
+        )
+        uid = _ingest(store, make_dataset(CT_IMAGE))
+        writer = sqlite3.connect(tmp_path / "ctnode.db", isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            assert holding(engine, [uid, "1.2.3"]) == {uid}
+            instances, _ = RouteCounts(engine)._build()
+            assert {(s.labels["state"], s.value) for s in instances.samples} >= {("waiting", 1.0)}
+            assert len(forwarder.pending_groups()) == 1
+            assert forwarder.recover() == 0
+        finally:
+            writer.rollback()
+            writer.close()
+    finally:
+        engine.dispose()

@@ -54,6 +54,7 @@ from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import RetryPolicy
 from ctnode.routing.decisions import PENDING
 from ctnode.routing.groups import Group, group_pending
+from ctnode.routing.state import read_sessions
 
 log = get_logger("ctnode.routing")
 
@@ -91,6 +92,8 @@ class Forwarder:
         self.settings = settings
         self.engine = engine
         self.sessions = session_factory(engine)
+        #: For the passes' lookups that only read (no SQLite write lock taken or waited for).
+        self.readers = read_sessions(engine)
         self.repo = repo
         self.peers = peers
         self.interval = interval
@@ -155,7 +158,7 @@ class Forwarder:
                 rm.commit,
             )
         )
-        with self.sessions() as session:
+        with self.readers() as session:
             rows = session.execute(query).all()
         return group_pending(rows)
 
@@ -205,7 +208,7 @@ class Forwarder:
 
     def recover(self) -> int:
         """Submit the jobs of batches taken before a crash (idempotent on the batch token)."""
-        with self.sessions() as session:
+        with self.readers() as session:
             tokens = list(
                 session.scalars(
                     select(RouteMatch.batch)

@@ -10,9 +10,9 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Engine, and_, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from ctnode.db.engine import session_factory
+from ctnode.db.engine import READ_ONLY, session_factory
 from ctnode.db.models import Instance, InstanceCommitment, RouteMatch
 from ctnode.db.types import utcnow
 from ctnode.logs import get_logger
@@ -73,11 +73,17 @@ def oldest_waiting_age(session: Session, now: datetime | None = None) -> float:
     return max(0.0, ((now or utcnow()) - oldest).total_seconds())
 
 
+def read_sessions(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that only read: on SQLite their transactions start with a plain BEGIN, so
+    they neither take nor wait for the write lock (``READ_ONLY``)."""
+    return session_factory(engine.execution_options(**{READ_ONLY: True}))
+
+
 def holding(engine: Engine, sop_instance_uids: list[str]) -> set[str]:
     """The instances among *sop_instance_uids* routing must keep on disk: a match not yet
-    delivered (pending, queued, or failed: a failed forward keeps its source)."""
+    delivered (pending, queued, or failed: a failed forward keeps its source). Read-only."""
     held: set[str] = set()
-    with session_factory(engine)() as session:
+    with read_sessions(engine)() as session:
         for start in range(0, len(sop_instance_uids), 500):
             held.update(
                 session.scalars(
@@ -249,7 +255,7 @@ class RouteCounts(CachedCollector):
             "Age of the oldest routing match waiting for its study/series to be forwarded",
         )
         try:
-            with session_factory(self.engine)() as session:
+            with read_sessions(self.engine)() as session:
                 for route, counters in sorted(route_counters(session).items()):
                     for state, count in counters.to_json().items():
                         instances.add_metric([route, state], float(count))
