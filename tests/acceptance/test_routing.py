@@ -158,6 +158,11 @@ def test_study_trigger_forwards_once_stable_then_a_late_instance_alone(
             ),
             10,
         )
+        # replay while the node runs: everything was delivered, nothing is added
+        replayed = node.cli("routes", "replay", "ct-to-pacs", "--study", ids.study, "--json")
+        assert replayed.returncode == 0, replayed.stderr
+        outcome = json.loads(replayed.stdout)
+        assert (outcome["examined"], outcome["added"], outcome["skipped"]) == (7, 0, 7)
 
 
 def test_commit_with_orthanc_then_retention_frees_the_disk(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE, MR_IMAGE
 from ctnode.peers import load_peers
 from ctnode.queue.jobs import ItemOutcome, ItemState, JobState
 from ctnode.queue.repository import JobRepository
+from ctnode.routing import replay as replay_module
 from ctnode.routing.decisions import RouteHolder
 from ctnode.routing.forwarder import Forwarder
 from ctnode.routing.replay import replay
@@ -192,16 +193,13 @@ def test_decisions_are_committed_with_the_instance_and_forwarded_once_stable(
     late_job = repo.get(late_row.job_id)
     assert late_job.items.total == 1
     # replay: the failed one is pending again, delivered and queued ones are skipped
-    outcome = _read(
-        sessions,
-        lambda session: replay(
-            session,
-            forwarder_route(tmp_path),
-            load_routes(tmp_path / "routes", load_peers(tmp_path / "peers", resolve=False)),
-            settings.storage.store_dir,
-            settings.node.name,
-            study=ids.study,
-        ),
+    outcome = replay(
+        engine,
+        forwarder_route(tmp_path),
+        load_routes(tmp_path / "routes", load_peers(tmp_path / "peers", resolve=False)),
+        settings.storage.store_dir,
+        settings.node.name,
+        study=ids.study,
     )
     # the retrieved instance is new to replay (the index does not say how an instance came)
     assert (outcome.retried, outcome.added) == (1, 1) and outcome.skipped == 3
@@ -302,5 +300,46 @@ def test_routing_reads_do_not_wait_for_the_sqlite_write_lock(tmp_path: Path) -> 
         finally:
             writer.rollback()
             writer.close()
+    finally:
+        engine.dispose()
+
+
+def test_replay_reads_files_without_holding_the_write_lock_and_writes_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: while replay reads the stored files, another connection writes (an ingest)
+    without waiting; replay's rows are written in batches, each committed as it fills."""
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'ctnode.db'}", busy_timeout=0.2)
+    migrate.upgrade(engine)
+    try:
+        settings, store, _, _ = _setup(
+            tmp_path, engine, {"other": {"match": {"modality": ["MR"]}, "to": ["pacs"]}}
+        )
+        write_yaml(tmp_path / "routes" / "ct.yaml", {"match": {"modality": ["CT"]}, "to": ["pacs"]})
+        routes = load_routes(tmp_path / "routes", load_peers(tmp_path / "peers", resolve=False))
+        ids = new_ids()
+        for n in range(5):
+            _ingest(store, make_dataset(CT_IMAGE, ids, number=n))
+        seen: list[int] = []
+        real = replay_module.read_facts
+
+        def reading(*args: Any, **kwargs: Any) -> Any:
+            with sqlite3.connect(tmp_path / "ctnode.db", timeout=0.2) as other:
+                other.execute("UPDATE instances SET calling_ae = calling_ae")  # a write
+                seen.append(other.execute("SELECT count(*) FROM route_matches").fetchone()[0])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(replay_module, "read_facts", reading)
+        outcome = replay(
+            engine,
+            routes.get("ct"),
+            routes,
+            settings.storage.store_dir,
+            NODE,
+            study=ids.study,
+            batch=2,
+        )
+        assert (outcome.examined, outcome.added, outcome.skipped) == (5, 5, 0)
+        assert seen == [0, 0, 2, 2, 4]  # batches of two committed while files are read
     finally:
         engine.dispose()

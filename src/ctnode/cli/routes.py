@@ -129,7 +129,7 @@ def routes_replay(
 ) -> None:
     """Evaluate stored instances with ROUTE again (e.g. after adding it): new matches and
     failed ones are forwarded by the running node once stable; what was delivered is skipped."""
-    from ctnode.cli.data import _with_session
+    from ctnode.db.opening import open_database
     from ctnode.routing.replay import replay
 
     if (study is None) == (since is None):
@@ -145,18 +145,19 @@ def routes_replay(
     target = routes.get(route)
     if not target.config.enabled:
         fail(f"route {route!r} is disabled (enabled: false in {target.path})", 2)
-    outcome = _with_session(
-        settings,
-        lambda session: replay(
-            session,
+    engine = open_database(settings, migrate_sqlite=True)
+    try:
+        outcome = replay(
+            engine,
             target,
             routes,
             settings.storage.store_dir,
             settings.node.name,
             study=study,
             since=when,
-        ),
-    )
+        )
+    finally:
+        engine.dispose()
     if as_json:
         emit_json(
             {

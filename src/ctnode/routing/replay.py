@@ -8,15 +8,15 @@ facts), so a test explains exactly what the receive path would decide.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 
+from ctnode.db.engine import READ_ONLY, session_factory
 from ctnode.db.models import Instance, RouteMatch
 from ctnode.db.types import utcnow
 from ctnode.dicom import scan as tags
@@ -109,17 +109,102 @@ class ReplayOutcome:
     unreadable: int
 
 
-def _stored(session: Session, *, study: str | None, since: datetime | None) -> Iterator[Instance]:
-    query = select(Instance).where(Instance.deleted_at.is_(None))
+#: Rows written per transaction by ``replay`` (inserted or made pending again).
+BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    path: str
+    calling_ae: str | None
+
+
+def _stored(session: Session, *, study: str | None, since: datetime | None) -> list[_Stored]:
+    query = select(
+        Instance.sop_instance_uid,
+        Instance.study_instance_uid,
+        Instance.series_instance_uid,
+        Instance.path,
+        Instance.calling_ae,
+    ).where(Instance.deleted_at.is_(None))
     if study is not None:
         query = query.where(Instance.study_instance_uid == study)
     if since is not None:
         query = query.where(Instance.received_at >= since)
-    yield from session.scalars(query.order_by(Instance.id)).all()
+    return [_Stored(*row) for row in session.execute(query.order_by(Instance.id))]
+
+
+class _Writer:
+    """Replay's writes, in short transactions of ``batch`` rows each (between them, and while
+    files are read, no transaction is open: ingest is not kept waiting on SQLite's lock)."""
+
+    def __init__(self, engine: Engine, route: str, batch: int) -> None:
+        self.sessions = session_factory(engine)
+        self.route = route
+        self.batch = batch
+        self.inserts: list[dict[str, Any]] = []
+        self.resets: list[int] = []
+        self.added = self.retried = self.skipped = 0
+
+    def insert(self, row: dict[str, Any]) -> None:
+        self.inserts.append(row)
+        self._maybe_flush()
+
+    def reset(self, row_id: int) -> None:
+        self.resets.append(row_id)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if len(self.inserts) + len(self.resets) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is waiting, in one transaction: a row that appeared since it was read is
+        left alone (skipped), and so is a failed row no longer failed."""
+        if not self.inserts and not self.resets:
+            return
+        inserts, resets = self.inserts, self.resets
+        self.inserts, self.resets = [], []
+        with self.sessions() as session:
+            now = utcnow()
+            there: set[tuple[str, str]] = {
+                (uid, dest)
+                for uid, dest in session.execute(
+                    select(RouteMatch.sop_instance_uid, RouteMatch.destination).where(
+                        RouteMatch.sop_instance_uid.in_({r["sop_instance_uid"] for r in inserts})
+                    )
+                )
+            }
+            fresh = [r for r in inserts if (r["sop_instance_uid"], r["destination"]) not in there]
+            if fresh:
+                session.execute(insert(RouteMatch), fresh)
+            reset = 0
+            if resets:
+                reset = session.execute(
+                    update(RouteMatch)
+                    .where(RouteMatch.id.in_(resets), RouteMatch.state == "failed")
+                    .values(
+                        state=PENDING,
+                        route=self.route,
+                        batch=None,
+                        job_id=None,
+                        error=None,
+                        matched_at=now,
+                        updated_at=now,
+                    )
+                    .execution_options(synchronize_session=False)
+                ).rowcount  # type: ignore[attr-defined]
+            session.commit()
+        self.added += len(fresh)
+        self.retried += reset
+        self.skipped += len(inserts) - len(fresh) + len(resets) - reset
 
 
 def replay(
-    session: Session,
+    engine: Engine,
     route: Route,
     routes: RouteSet,
     store_dir: Path,
@@ -127,20 +212,29 @@ def replay(
     *,
     study: str | None = None,
     since: datetime | None = None,
+    batch: int = BATCH,
 ) -> ReplayOutcome:
     """Evaluate *route* on stored instances again (a study's, or those received since
     *since*): a match to a destination that has no row yet becomes a pending row, a failed row
-    becomes pending again, anything else is skipped. Commits; the running node forwards once
-    the study is stable."""
-    examined = added = retried = skipped = unreadable = 0
-    instances = list(_stored(session, study=study, since=since))
-    existing: dict[tuple[str, str], RouteMatch] = {}
-    uids = [i.sop_instance_uid for i in instances]
-    for start in range(0, len(uids), 500):
-        for found in session.scalars(
-            select(RouteMatch).where(RouteMatch.sop_instance_uid.in_(uids[start : start + 500]))
-        ):
-            existing[(found.sop_instance_uid, found.destination)] = found
+    becomes pending again, anything else is skipped; the running node forwards once the study
+    is stable. The instances and their rows are read read-only, the files with no transaction
+    open, and the rows written *batch* at a time (each batch committed)."""
+    examined = skipped = unreadable = 0
+    with session_factory(engine.execution_options(**{READ_ONLY: True}))() as session:
+        instances = _stored(session, study=study, since=since)
+        existing: dict[tuple[str, str], tuple[int, str]] = {}
+        uids = [i.sop_instance_uid for i in instances]
+        for start in range(0, len(uids), 500):
+            for row_id, uid, dest, state in session.execute(
+                select(
+                    RouteMatch.id,
+                    RouteMatch.sop_instance_uid,
+                    RouteMatch.destination,
+                    RouteMatch.state,
+                ).where(RouteMatch.sop_instance_uid.in_(uids[start : start + 500]))
+            ):
+                existing[(uid, dest)] = (row_id, state)
+    writer = _Writer(engine, route.name, batch)
     for inst in instances:
         examined += 1
         try:
@@ -151,38 +245,23 @@ def replay(
             unreadable += 1
             continue
         for _, dest in decide([route], facts):
-            row = existing.get((inst.sop_instance_uid, dest))
-            if row is None:
-                session.execute(
-                    insert(RouteMatch),
-                    [
-                        match_row(
-                            route,
-                            dest,
-                            inst.sop_instance_uid,
-                            inst.study_instance_uid,
-                            inst.series_instance_uid,
-                            node_name,
-                        )
-                    ],
-                )
-                added += 1
-            elif row.state == "failed":
-                session.execute(
-                    update(RouteMatch)
-                    .where(RouteMatch.id == row.id, RouteMatch.state == "failed")
-                    .values(
-                        state=PENDING,
-                        route=route.name,
-                        batch=None,
-                        job_id=None,
-                        error=None,
-                        matched_at=utcnow(),
-                        updated_at=utcnow(),
+            found = existing.get((inst.sop_instance_uid, dest))
+            if found is None:
+                writer.insert(
+                    match_row(
+                        route,
+                        dest,
+                        inst.sop_instance_uid,
+                        inst.study_instance_uid,
+                        inst.series_instance_uid,
+                        node_name,
                     )
                 )
-                retried += 1
+            elif found[1] == "failed":
+                writer.reset(found[0])
             else:
                 skipped += 1
-    session.commit()
-    return ReplayOutcome(examined, added, retried, skipped, unreadable)
+    writer.flush()
+    return ReplayOutcome(
+        examined, writer.added, writer.retried, skipped + writer.skipped, unreadable
+    )
