@@ -64,6 +64,22 @@ def _committed(scanner: Orthanc, uid: str, timeout: float = 60) -> dict[str, Any
     )
 
 
+def _scanner_and_pacs(node: CtnodeProcess, scanner_port: int, pacs_port: int) -> None:
+    """Peer files for upstream mode: the scanner may ask for commitment; ctnode pushes to the
+    PACS and asks it (reports on a new association, an answer within a minute)."""
+    node.write_peer("scanner", _peer("ORTHANC", scanner_port, ["echo", "store", "commit"]))
+    node.write_peer(
+        "pacs",
+        _peer(
+            "PACS",
+            pacs_port,
+            ["echo", "store", "commitment_report"],
+            commit_linger=0,
+            commit_timeout=60,
+        ),
+    )
+
+
 @pytest.fixture
 def scanner_and_node(tmp_path: Path) -> Iterator[tuple[Orthanc, CtnodeProcess]]:
     """ctnode (local mode) and an Orthanc scanner that knows it as ``ctnode``."""
@@ -114,19 +130,7 @@ def test_orthanc_scanner_upstream_mode_waits_for_the_pacs(tmp_path: Path) -> Non
         Orthanc(modalities=modality) as scanner,
         Orthanc(ae_title="PACS", modalities=modality) as pacs,
     ):
-        node.write_peer(
-            "scanner", _peer("ORTHANC", scanner.dicom_port, ["echo", "store", "commit"])
-        )
-        node.write_peer(
-            "pacs",
-            _peer(
-                "PACS",
-                pacs.dicom_port,
-                ["echo", "store", "commitment_report"],
-                commit_linger=0,
-                commit_timeout=60,
-            ),
-        )
+        _scanner_and_pacs(node, scanner.dicom_port, pacs.dicom_port)
         with node:
             paths = write_series(tmp_path / "study", 3)
             uid, uids = _ask(scanner, paths)
@@ -189,19 +193,7 @@ def test_upstream_mode_leaves_a_committing_route_to_send_the_study(tmp_path: Pat
     )
     modality = {"ctnode": {"AET": "CTNODE", "Host": "127.0.0.1", "Port": node.port}}
     with Orthanc(modalities=modality) as scanner, _counting_pacs(modality) as pacs:
-        node.write_peer(
-            "scanner", _peer("ORTHANC", scanner.dicom_port, ["echo", "store", "commit"])
-        )
-        node.write_peer(
-            "pacs",
-            _peer(
-                "PACS",
-                pacs.dicom_port,
-                ["echo", "store", "commitment_report"],
-                commit_linger=0,
-                commit_timeout=60,
-            ),
-        )
+        _scanner_and_pacs(node, scanner.dicom_port, pacs.dicom_port)
         with node:
             paths = write_series(tmp_path / "study", 3)
             uid, uids = _ask(scanner, paths)
