@@ -6,9 +6,12 @@ Per repetition, in rotating order, each on a fresh process and data directory:
 * ctnode, 4 storescu senders of 150 instances each at once;
 * DCMTK ``storescp --fork``, the same 4 senders (reference: storescp without ``--fork`` serves
   one association at a time);
-* ctnode, 8 senders of 75 instances each (peak RSS on 8 concurrent associations).
+* ctnode, 8 senders of 75 instances each (peak RSS on 8 concurrent associations);
+* unless ``--no-peers``: Orthanc with ``SyncStorageArea`` (multi-threaded: 4 DICOM threads by
+  default) and the pynetdicom SCP of ``bench/pynetdicom_scp.py`` (a thread per association), each
+  with the same 4 senders. Every server must have stored every instance, else the benchmark fails.
 
-    python -m bench.concurrent [--reps 5] [--count 600] [--quick] [--baseline REV]
+    python -m bench.concurrent [--reps 5] [--count 600] [--quick] [--baseline REV] [--no-peers]
 """
 
 from __future__ import annotations
@@ -36,11 +39,14 @@ from bench.common import (
     source_tree,
     throughput_table,
 )
+from bench.peers import DURABILITY_NOTES, OrthancServer, PynetdicomServer, run_peer
 
 SINGLE = "ctnode 1 association"
 FOUR = "ctnode 4 associations"
 DCMTK_FOUR = "storescp --fork 4 assoc. (no fsync)"
 EIGHT = "ctnode 8 associations"
+ORTHANC_FOUR = "Orthanc 4 assoc. (SyncStorageArea)"
+PYNETDICOM_FOUR = "pynetdicom SCP 4 assoc. (fsync)"
 
 
 def run_ctnode(series: Series, senders: int, src: Path | None = None) -> Run:
@@ -90,6 +96,12 @@ def main(argv: list[str] | None = None) -> str:
         help="also run ctnode as of git revision REV, 1 and 4 associations (repeatable)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: 64 instances, 2 reps")
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run Orthanc (SyncStorageArea) and a pynetdicom SCP, 4 senders (default: yes)",
+    )
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     if args.quick:
@@ -102,6 +114,20 @@ def main(argv: list[str] | None = None) -> str:
         EIGHT: partial(run_ctnode, series, 8),
     }
     extra_ratios: list[tuple[str, str, str, float | None]] = []
+    if args.peers:
+        plan[ORTHANC_FOUR] = partial(run_peer, OrthancServer, series, 4)
+        plan[PYNETDICOM_FOUR] = partial(run_peer, PynetdicomServer, series, 4)
+        extra_ratios += [
+            ("ratio ctnode 4 assoc./Orthanc 4 assoc.", FOUR, ORTHANC_FOUR, None),
+            ("ratio ctnode 4 assoc./pynetdicom SCP 4 assoc.", FOUR, PYNETDICOM_FOUR, None),
+            ("ratio Orthanc 4 assoc./storescp --fork 4 assoc.", ORTHANC_FOUR, DCMTK_FOUR, None),
+            (
+                "ratio pynetdicom SCP 4 assoc./storescp --fork 4 assoc.",
+                PYNETDICOM_FOUR,
+                DCMTK_FOUR,
+                None,
+            ),
+        ]
     for rev in args.baseline:
         src = source_tree(rev)
         one, four = f"ctnode @{rev} 1 association", f"ctnode @{rev} 4 associations"
@@ -148,6 +174,18 @@ def main(argv: list[str] | None = None) -> str:
             f"'{EIGHT}', VmHWM of a fresh process)",
             "storescp --fork: RSS is the sampled peak of the summed VmRSS of the parent and its "
             "per-association children; CPU includes the children",
+            *(DURABILITY_NOTES if args.peers else ()),
+            *(
+                [
+                    "Orthanc and the pynetdicom SCP are one process each (threads): "
+                    "RSS = its VmHWM, CPU = all its threads"
+                ]
+                if args.peers
+                else []
+            ),
+            f"every run stored all {len(series.files)} instances (checked: ctnode's index rows "
+            "and files, storescp's files"
+            + (", Orthanc's /statistics, the pynetdicom SCP's files)" if args.peers else ")"),
             f"before: {start_note}; after: {load_note()}",
         ],
     )

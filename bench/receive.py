@@ -1,11 +1,18 @@
-"""Receive throughput: DCMTK storescu → ctnode (durable) vs storescu → DCMTK storescp.
+"""Receive throughput: DCMTK storescu → ctnode (durable) vs storescu → DCMTK storescp, and
+what a user would pick instead: Orthanc (``SyncStorageArea``) and a plain pynetdicom SCP.
 
-One association per run, 600 CT instances of ~0.5 MB (``--count``). ctnode and storescp run
-alternately (the order flips every repetition), each on a fresh process, a fresh data directory
-and a free loopback port; the data directory, ctnode's SQLite index and storescp's output all live
-on the same filesystem as the input data (``bench/out``).
+One association per run, 600 CT instances of ~0.5 MB (``--count``). The servers run alternately
+(the order rotates every repetition), each on a fresh process, a fresh data directory and a free
+loopback port, with the same storescu sender; the data directory, ctnode's SQLite index,
+storescp's output, Orthanc's storage and index and the pynetdicom SCP's files all live on the same
+filesystem as the input data (``bench/out``). Every server must have stored every instance, else
+the benchmark fails.
 
     python -m bench.receive [--reps 5] [--count 600] [--quick] [--profile DIR] [--baseline REV]
+                            [--no-peers]
+
+``--no-peers`` leaves Orthanc and the pynetdicom SCP out (a quicker ctnode-only A/B with
+``--baseline``); they are in by default.
 
 ``--baseline REV`` (repeatable) adds a configuration: ctnode as of git revision REV (its ``src/``
 exported under bench/out/revs), alternated with the others, for before/after comparisons in one
@@ -44,6 +51,14 @@ from bench.common import (
     settle,
     source_tree,
     throughput_table,
+)
+from bench.peers import (
+    DURABILITY_NOTES,
+    ORTHANC_LABEL,
+    PYNETDICOM_LABEL,
+    OrthancServer,
+    PynetdicomServer,
+    run_peer,
 )
 
 CTNODE_LABEL = "ctnode (durable)"
@@ -149,12 +164,24 @@ def main(argv: list[str] | None = None) -> str:
         default=[],
         help="also run ctnode as of git revision REV (repeatable)",
     )
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run Orthanc (SyncStorageArea) and a pynetdicom SCP (default: yes)",
+    )
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     if args.quick:
         args.reps, args.count = 2, 60
     series = ct_series(args.count, args.size)
     groups: dict[str, list[Run]] = {CTNODE_LABEL: [], DCMTK_LABEL: []}
+    # Competitors -> their server class (run with the same sender, one association).
+    peers: dict[str, type[OrthancServer] | type[PynetdicomServer]] = (
+        {ORTHANC_LABEL: OrthancServer, PYNETDICOM_LABEL: PynetdicomServer} if args.peers else {}
+    )
+    for label in peers:
+        groups[label] = []
     baselines = {f"ctnode @{rev} (durable)": (rev, source_tree(rev)) for rev in args.baseline}
     for label in baselines:
         groups[label] = []
@@ -173,6 +200,8 @@ def main(argv: list[str] | None = None) -> str:
                 one = partial(
                     run_ctnode, series, profile, sources[label], idle=not args.profile_cpu
                 )
+            elif label in peers:
+                one = partial(run_peer, peers[label], series)
             else:
                 one = partial(run_storescp, series)
             run = measure_quietly(one, args.max_background)
@@ -200,14 +229,26 @@ def main(argv: list[str] | None = None) -> str:
                 (f"ratio ctnode/ctnode @{rev}", CTNODE_LABEL, label, None)
                 for label, (rev, _) in baselines.items()
             ],
+            *[
+                (f"ratio {kind.name}/DCMTK", label, DCMTK_LABEL, None)
+                for label, kind in peers.items()
+            ],
+            *[
+                (f"ratio ctnode/{kind.name}", CTNODE_LABEL, label, None)
+                for label, kind in peers.items()
+            ],
         ],
         notes=[
             "ctnode answers Success only once the object and its index row are durable "
             "(fdatasync, atomic link, directory fsync, SQLite WAL synchronous=FULL commit)",
             "DCMTK storescp as shipped does not fsync: its figure is an upper bound for a "
             "durable receiver",
+            *(DURABILITY_NOTES if peers else ()),
             "server CPU = utime+stime of the server process (all threads) and its children "
             "during the transfer; peak RSS = VmHWM of a fresh server process per repetition",
+            f"every run stored all {len(series.files)} instances (checked: ctnode's index rows "
+            "and files, storescp's files"
+            + (", Orthanc's /statistics, the pynetdicom SCP's files)" if args.peers else ")"),
             f"before: {start_note}; after: {load_note()}",
         ],
     )

@@ -1,6 +1,6 @@
 """Run every benchmark and print all their tables at the end.
 
-    python -m bench [--quick] [--reps N]
+    python -m bench [--quick] [--reps N] [--no-peers]
 
 ``--quick`` is a smoke test (small counts, two repetitions): it checks the harness works, its
 figures mean little. Without it the full suite takes roughly ten minutes on the 2-core machine.
@@ -19,13 +19,20 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, 2 repetitions")
     parser.add_argument("--reps", type=int, help="repetitions (default: each benchmark's own)")
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="receive and concurrent also run Orthanc and a pynetdicom SCP (default: yes)",
+    )
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     common = ["--quick"] if args.quick else []
     reps = ["--reps", str(args.reps)] if args.reps else []
+    peers = [] if args.peers else ["--no-peers"]
     tables = [
-        receive.main([*common, *reps]),
-        concurrent.main([*common, *reps]),
+        receive.main([*common, *reps, *peers]),
+        concurrent.main([*common, *reps, *peers]),
         assoc.main(common),
         push.main(common),
         disk.main(common),

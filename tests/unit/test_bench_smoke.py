@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 from bench import common, profile_summary
@@ -20,6 +21,7 @@ from bench.common import Run
         "disk",
         "qr",
         "profile_summary",
+        "pynetdicom_scp",
         "common",
     ],
 )
@@ -88,3 +90,40 @@ def test_qr_synthetic_rows_and_find_table() -> None:
     assert all(r["patient_name"].startswith("Doe^") and r["node_name"] == "bench" for r in rows)
     table = qr.find_table([5.0, 6.0], [50.0, 60.0], 1000, 100_000, ([4.0], [40.0]))
     assert "1000 matches" in table and "node log: first" in table
+
+
+def test_peer_servers_configuration(tmp_path: Path) -> None:
+    """Orthanc is configured with SyncStorageArea and accepts any AE title; nothing is started."""
+    from bench import peers
+
+    orthanc = peers.OrthancServer(tmp_path)
+    config = orthanc.config()
+    assert config["SyncStorageArea"] is True and config["DicomCheckCalledAet"] is False
+    assert config["DicomPort"] == orthanc.port != config["HttpPort"]
+    assert str(tmp_path) in config["StorageDirectory"]
+    assert peers.PynetdicomServer(tmp_path).port > 0
+    assert len(peers.DURABILITY_NOTES) == 2
+
+
+def test_pynetdicom_scp_handler_writes_a_complete_file(tmp_path: Path) -> None:
+    """The benchmark's pynetdicom SCP handler stores a Part 10 file under its SOP Instance UID
+    and answers Success (no network)."""
+    from types import SimpleNamespace
+
+    import pydicom
+    from bench.pynetdicom_scp import durable_store_handler
+
+    from tests.helpers.dicomgen import write_series
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_series(src, 1, size=16)
+    (path,) = src.glob("*.dcm")
+    original = pydicom.dcmread(path)
+    event = SimpleNamespace(dataset=pydicom.dcmread(path), file_meta=original.file_meta)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert durable_store_handler(out)(event) == 0x0000
+    (stored,) = out.iterdir()
+    assert stored.name == f"{original.SOPInstanceUID}.dcm"
+    assert pydicom.dcmread(stored).PixelData == original.PixelData
