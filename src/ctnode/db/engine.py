@@ -8,10 +8,11 @@ write, use a plain ``BEGIN``). PostgreSQL: psycopg 3, with connect, lock and sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Insert, Table, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -83,6 +84,18 @@ def _sqlite_setup(engine: Engine, busy_timeout: float) -> None:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that do not expire objects on commit (values stay readable after commit)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def insert_ignoring_conflicts(table: Table, unique: Sequence[str], dialect: str) -> Insert:
+    """An INSERT into *table* that skips a row whose *unique* columns (a unique constraint) are
+    already taken: ``ON CONFLICT (...) DO NOTHING``, on SQLite and PostgreSQL alike."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=list(unique))
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(unique))
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 #: The newest revision in ``migrations/versions`` (update with every new migration).
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 def migrations_dir() -> Path:

@@ -255,12 +255,36 @@ class IncomingCommitmentItem(Base):
     failure_reason: Mapped[int | None] = mapped_column(Integer)
 
 
+class RouteArrival(Base):
+    """The routing decisions of one instance as made at ingest (issue 14, revision 0007).
+
+    Inserted in the same transaction as the instance's row (``storage.rows``): one row per
+    routed instance, whatever the number of its destinations. Only the primary key is indexed
+    (rows are appended and removed in key order, so each insert is one append to one B-tree):
+    the forwarder expands each into its ``route_matches`` rows and deletes it
+    (``routing.arrivals``); readers count an arrival as its decisions, pending.
+    """
+
+    __tablename__ = "route_arrivals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    #: The node whose store holds the instance (its forwarder expands the row).
+    node_name: Mapped[str] = mapped_column(String(64))
+    matched_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: JSON list of [route, destination, trigger, stable_after, commit], one per destination.
+    decisions: Mapped[str] = mapped_column(Text)
+
+
 class RouteMatch(Base):
     """A routing decision: one instance to forward to one destination by one route (issue 14).
 
-    Inserted at ingest in the same transaction as the instance's row (``storage.rows``); its
-    state is then written only by ``routing.forwarder``. At most one per instance and
-    destination: an instance reaches each destination once, whatever routes match it.
+    Written by ``routing.forwarder`` when it expands the instance's ``route_arrivals`` row
+    (``matched_at`` kept from it), or by ``routes replay``; its state is then written only by
+    the forwarder. At most one per instance and destination: an instance reaches each
+    destination once, whatever routes match it.
     """
 
     __tablename__ = "route_matches"
