@@ -23,6 +23,7 @@ from ctnode.logs import get_logger
 from ctnode.peers import load_peers
 from ctnode.queue.commit_rounds import CommitmentRepository
 from ctnode.queue.repository import JobRepository
+from ctnode.routing.arrivals import expand
 from ctnode.routing.decisions import RouteHolder
 from ctnode.routing.reader import RoutingReader
 from ctnode.routing.rules import load_routes
@@ -103,8 +104,9 @@ def test_routed_instances_are_left_to_the_route_and_a_failed_forward_is_taken_ov
 ) -> None:
     """Two CT instances routed to pacs with commitment are not pushed by the commitment SCP;
     the MR instance (routed without commitment) and one no route matched (a second MR study
-    is the same case) go in ctnode's own push-with-commit job. Looking again queues nothing;
-    once a CT forward failed, that instance alone goes in a second job (key ``...-1``)."""
+    is the same case) go in ctnode's own push-with-commit job. Looking again queues nothing,
+    before and after the forwarder expanded the decisions written at ingest; once a CT forward
+    failed, that instance alone goes in a second job (key ``...-1``)."""
     store, repo, upstream = _setup(tmp_path, engine)
     ids = new_ids()
     ct = [_ingest(store, CT_IMAGE, n, ids) for n in (1, 2)]
@@ -127,6 +129,10 @@ def test_routed_instances_are_left_to_the_route_and_a_failed_forward_is_taken_ov
     assert routed and routed[0]["instances"] == 2
 
     # Next look: nothing new (the MR is in ctnode's job, the CTs still with the route).
+    assert upstream.ask(attempt, tx, uids, queued, first=False) == queued  # type: ignore[arg-type]
+
+    # The decisions written at ingest expanded (the forwarder's pass): still left to the route.
+    assert expand(sessions, NODE) == 3
     assert upstream.ask(attempt, tx, uids, queued, first=False) == queued  # type: ignore[arg-type]
 
     # The route's forward of the first CT failed: ctnode pushes and asks for it itself.

@@ -1,6 +1,6 @@
-"""Routing on SQLite and PostgreSQL without sockets: decisions committed with the instance row,
-stable detection with a moved clock, forward jobs, delivery states per item, crash recovery
-between taking a batch and writing its job, replay."""
+"""Routing on SQLite and PostgreSQL without sockets: decisions committed with the instance row
+(an arrival) and expanded by the forwarder, stable detection with a moved clock, forward jobs,
+delivery states per item, crash recovery between taking a batch and writing its job, replay."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ctnode.config import Settings
 from ctnode.db import migrate
 from ctnode.db.engine import create_db_engine
-from ctnode.db.models import Instance, RouteMatch
+from ctnode.db.models import Instance, RouteArrival, RouteMatch
 from ctnode.db.types import utcnow
 from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE, MR_IMAGE
 from ctnode.peers import load_peers
@@ -116,6 +116,11 @@ def _matches(sessions: sessionmaker[Session]) -> list[RouteMatch]:
         return list(session.scalars(select(RouteMatch).order_by(RouteMatch.id)))
 
 
+def _arrivals(sessions: sessionmaker[Session]) -> list[RouteArrival]:
+    with sessions() as session:
+        return list(session.scalars(select(RouteArrival).order_by(RouteArrival.id)))
+
+
 def _run_job(repo: JobRepository, job_id: int, fail_uid: str | None = None) -> None:
     """Play a worker: claim the job, record every item (one failed), finish it."""
     job = repo.claim("test-owner", NODE)
@@ -136,9 +141,10 @@ def _run_job(repo: JobRepository, job_id: int, fail_uid: str | None = None) -> N
 def test_decisions_are_committed_with_the_instance_and_forwarded_once_stable(
     tmp_path: Path, engine: Engine, sessions: sessionmaker[Session]
 ) -> None:
-    """Matching instances get a pending row each (non-matching and retrieved ones none); the
-    study is not forwarded before stable_after, then in one job naming the route; item
-    outcomes become delivered/failed; a late instance goes in a job of its own."""
+    """Matching instances get an arrival each (non-matching and retrieved ones none), expanded
+    by the forwarder into a pending row each, matched when they arrived; the study is not
+    forwarded before stable_after, then in one job naming the route; item outcomes become
+    delivered/failed; a late instance goes in a job of its own."""
     settings, store, forwarder, clock = _setup(
         tmp_path,
         engine,
@@ -148,8 +154,13 @@ def test_decisions_are_committed_with_the_instance_and_forwarded_once_stable(
     uids = [_ingest(store, make_dataset(CT_IMAGE, ids, number=n)) for n in range(3)]
     _ingest(store, make_dataset(MR_IMAGE, ids))  # modality MR: no match
     _ingest(store, make_dataset(CT_IMAGE, ids), retrieved=True)  # retrieved: not routed
+    arrivals = _arrivals(sessions)
+    assert [a.sop_instance_uid for a in arrivals] == uids and _matches(sessions) == []
+    assert forwarder.expand() == 3
+    assert _arrivals(sessions) == []
     rows = _matches(sessions)
-    assert sorted(r.sop_instance_uid for r in rows) == sorted(uids)
+    assert [r.sop_instance_uid for r in rows] == uids
+    assert [r.matched_at for r in rows] == [a.matched_at for a in arrivals]
     assert {(r.state, r.route, r.destination, r.trigger) for r in rows} == {
         ("pending", "ct", "pacs", "study")
     }
@@ -289,12 +300,14 @@ def test_routing_reads_do_not_wait_for_the_sqlite_write_lock(tmp_path: Path) -> 
             tmp_path, engine, {"all": {"trigger": "instance", "to": ["pacs"]}}
         )
         uid = _ingest(store, make_dataset(CT_IMAGE))
+        assert forwarder.expand() == 1
+        arriving = _ingest(store, make_dataset(CT_IMAGE))  # its arrival not yet expanded
         writer = sqlite3.connect(tmp_path / "ctnode.db", isolation_level=None)
         writer.execute("BEGIN IMMEDIATE")
         try:
-            assert holding(engine, [uid, "1.2.3"]) == {uid}
+            assert holding(engine, [uid, arriving, "1.2.3"]) == {uid, arriving}
             instances, _ = RouteCounts(engine)._build()
-            assert {(s.labels["state"], s.value) for s in instances.samples} >= {("waiting", 1.0)}
+            assert {(s.labels["state"], s.value) for s in instances.samples} >= {("waiting", 2.0)}
             assert len(forwarder.pending_groups()) == 1
             assert forwarder.recover() == 0
         finally:

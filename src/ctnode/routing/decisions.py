@@ -1,11 +1,13 @@
-"""The routing decision made at ingest: ``route_matches`` rows committed with the instance row.
+"""The routing decision made at ingest: a ``route_arrivals`` row committed with the instance row.
 
 ``RouteHolder`` is the store's ``Decisions`` (``storage.rows``): it holds the current route set
 (swapped whole on reload), tells the scan which extra tags the routes read, and turns a scanned
-instance into its rows: one per destination, state ``pending``. It costs the receive path a few
-dictionary and set lookups per route (patterns were compiled when the routes were loaded) and
-no database round trip: the rows go into the instance row's transaction, all rows of a group
-commit in one driver-level ``executemany`` (``storage.rows.PreparedInsert``).
+instance into its arrival: one row listing every destination it goes to (``routing.arrivals``;
+the forwarder expands it into ``route_matches`` rows, state ``pending``, off the receive path).
+It costs the receive path a few dictionary and set lookups per route (patterns were compiled
+when the routes were loaded) and no database round trip: the row goes into the instance row's
+transaction, all arrivals of a group commit in one driver-level ``executemany``
+(``storage.rows.PreparedInsert``).
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from ctnode.dicom import scan as tags
 from ctnode.dicom.scan import ScanResult
 from ctnode.dicom.text import decode_text
 from ctnode.logs import get_logger
+from ctnode.routing import arrivals
+from ctnode.routing.arrivals import Decision
 from ctnode.routing.match import InstanceFacts, decide, number_text
 from ctnode.routing.rules import Route, RouteSet
 from ctnode.storage.values import StoreRequest
 
 log = get_logger("ctnode.routing")
-
-PENDING = "pending"
 
 
 def facts_from_values(
@@ -71,6 +73,11 @@ def tags_read(routes: RouteSet, *, everything: bool = False) -> tuple[tuple[int,
     return tuple(seen.items())
 
 
+def decision(route: Route, destination: str) -> Decision:
+    """The decision to forward to *destination* by *route*, as the route is now."""
+    return Decision(route.name, destination, route.trigger, route.wait_seconds, route.config.commit)
+
+
 def match_row(
     route: Route,
     destination: str,
@@ -80,23 +87,10 @@ def match_row(
     node: str,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """A ``route_matches`` row in state pending, matched *now*; the columns that start empty
-    (``batch``, ``job_id``, ``error``) are left to their NULL default."""
-    now = now or utcnow()
-    return {
-        "route": route.name,
-        "destination": destination,
-        "sop_instance_uid": sop_instance_uid,
-        "study_instance_uid": study,
-        "series_instance_uid": series,
-        "trigger": route.trigger,
-        "stable_after": route.wait_seconds,
-        "commit": route.config.commit,
-        "node_name": node,
-        "state": PENDING,
-        "matched_at": now,
-        "updated_at": now,
-    }
+    """A ``route_matches`` row in state pending, matched *now* (``routes replay``)."""
+    return arrivals.match_row(
+        decision(route, destination), sop_instance_uid, study, series, node, now or utcnow()
+    )
 
 
 class RouteHolder:
@@ -125,11 +119,12 @@ class RouteHolder:
         """The index's tags and those the routes read."""
         return self._state[3]
 
-    def decide(self, request: StoreRequest, scan: ScanResult) -> list[dict[str, Any]]:
-        """The rows of a new instance: one per (route, destination) it is to be forwarded to."""
+    def decide(self, request: StoreRequest, scan: ScanResult) -> dict[str, Any] | None:
+        """The ``route_arrivals`` row of a new instance (every destination it is to be
+        forwarded to, one route each), or None when no route matches it."""
         _, active, read, _ = self._state
         if not active:
-            return []
+            return None
         try:
             facts = facts_from_values(
                 scan.values,
@@ -140,18 +135,19 @@ class RouteHolder:
             )
             chosen = decide(active, facts)
             if not chosen:
-                return []
-            study = scan.text(tags.STUDY_INSTANCE_UID) or ""
-            series = scan.text(tags.SERIES_INSTANCE_UID) or ""
-            uid, now = request.sop_instance_uid, utcnow()
-            return [
-                match_row(route, dest, uid, study, series, self.node_name, now)
-                for route, dest in chosen
-            ]
+                return None
+            return arrivals.arrival_row(
+                request.sop_instance_uid,
+                scan.text(tags.STUDY_INSTANCE_UID) or "",
+                scan.text(tags.SERIES_INSTANCE_UID) or "",
+                self.node_name,
+                [decision(route, dest) for route, dest in chosen],
+                utcnow(),
+            )
         except Exception as exc:  # a routing bug must never refuse an instance
             log.exception(
                 "route.decide_failed",
                 sop_instance_uid=request.sop_instance_uid,
                 error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             )
-            return []
+            return None

@@ -1,11 +1,15 @@
 """Forwarding: pending routing decisions become push jobs once their study/series is stable, and
 the jobs' item outcomes become delivery states.
 
-One pass (``Forwarder.step``, run off the event loop) does three things, and notes when the
+One pass (``Forwarder.step``, run off the event loop) does four things, and notes when the
 next waiting group becomes due: the next pass starts then (at most ``interval`` later, 1 s, so
 new arrivals and ended jobs are seen), so a study is forwarded ``stable_after`` after its last
 instance plus one pass, not plus up to a second:
 
+0. **Expand**: the decisions written at ingest (``route_arrivals``, one row per instance)
+   become ``route_matches`` rows (``routing.arrivals.expand``), before anything looks at
+   pending rows, so that a group is judged on every instance that arrived; the first pass,
+   at start-up, expands what a crash left.
 1. **Recover**: rows taken into a forward whose job was not yet written (a crash between the two
    steps below) get their job now; the idempotency key is the batch token, so a job written
    just before the crash is found, not duplicated.
@@ -52,7 +56,7 @@ from ctnode.peers import PeerRegistry
 from ctnode.queue.jobs import JobKind, NewItem
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import RetryPolicy
-from ctnode.routing.decisions import PENDING
+from ctnode.routing.arrivals import PENDING, expand
 from ctnode.routing.groups import Group, group_pending
 from ctnode.routing.state import read_sessions
 
@@ -117,7 +121,9 @@ class Forwarder:
         return RouteMatch.node_name == self.node_name
 
     def step(self) -> int:
-        """Recover, dispatch ready groups, reconcile ended jobs; returns jobs submitted."""
+        """Expand arrivals, recover, dispatch ready groups, reconcile ended jobs; returns jobs
+        submitted."""
+        self.expand()
         submitted = self.recover()
         now = self.clock()
         due: datetime | None = None
@@ -131,6 +137,11 @@ class Forwarder:
         if submitted and self.notify is not None:
             self.notify()
         return submitted
+
+    def expand(self) -> int:
+        """Expand this node's arrivals (every node's with a shared store, like ``_mine``) into
+        ``route_matches`` rows; returns how many instances' arrivals were expanded."""
+        return expand(self.sessions, None if self.shared else self.node_name)
 
     def pending_groups(self) -> list[Group]:
         """Pending matches, grouped by route, destination, study and series."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Text, cast, literal, null, select, union_all
 from sqlalchemy.orm import Session
 
-from ctnode.db.models import RouteMatch
+from ctnode.db.models import RouteArrival, RouteMatch
+from ctnode.routing.arrivals import ARRIVAL, PENDING, decode
 
 _CHUNK = 500
 
@@ -22,18 +23,29 @@ def committed_forwards(
 ) -> dict[str, str]:
     """``{sop_instance_uid: state}`` of the decisions forwarding *sop_instance_uids* to
     *destination* with ``commit: true``; state is ``pending``, ``queued``, ``delivered`` or
-    ``failed`` (an instance without such a decision is absent)."""
+    ``failed`` (an instance without such a decision is absent). A decision still in its
+    arrival (not yet expanded) is pending; both tables are read in one statement."""
     out: dict[str, str] = {}
     uids = list(dict.fromkeys(sop_instance_uids))
+    rm, ra = RouteMatch, RouteArrival
     for start in range(0, len(uids), _CHUNK):
-        for uid, state in session.execute(
-            select(RouteMatch.sop_instance_uid, RouteMatch.state).where(
-                RouteMatch.destination == destination,
-                RouteMatch.commit.is_(True),
-                RouteMatch.sop_instance_uid.in_(uids[start : start + _CHUNK]),
+        chunk = uids[start : start + _CHUNK]
+        for uid, state, decisions in session.execute(
+            union_all(
+                select(rm.sop_instance_uid, rm.state, cast(null(), Text)).where(
+                    rm.destination == destination,
+                    rm.commit.is_(True),
+                    rm.sop_instance_uid.in_(chunk),
+                ),
+                select(ra.sop_instance_uid, literal(ARRIVAL), ra.decisions).where(
+                    ra.sop_instance_uid.in_(chunk)
+                ),
             )
         ):
-            out[uid] = state
+            if state != ARRIVAL:
+                out[uid] = state
+            elif any(d.destination == destination and d.commit for d in decode(decisions) or ()):
+                out[uid] = PENDING
     return out
 
 

@@ -13,17 +13,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, Table, select, update
 from sqlalchemy.orm import Session
 
-from ctnode.db.engine import READ_ONLY, session_factory
+from ctnode.db.engine import READ_ONLY, insert_ignoring_conflicts, session_factory
 from ctnode.db.models import Instance, RouteMatch
 from ctnode.db.types import utcnow
 from ctnode.dicom import scan as tags
 from ctnode.dicom.contexts import DEFLATED_EXPLICIT_VR_LE, is_explicit_vr
 from ctnode.dicom.filemeta import IrregularMeta, NotPart10, read_file_meta
 from ctnode.dicom.scan import DatasetError, scan_dataset
-from ctnode.routing.decisions import PENDING, facts_from_values, match_row, tags_read
+from ctnode.routing.arrivals import PENDING, arriving
+from ctnode.routing.decisions import facts_from_values, match_row, tags_read
 from ctnode.routing.match import InstanceFacts, Verdict, decide, explain
 from ctnode.routing.rules import Route, RouteSet
 
@@ -111,6 +112,11 @@ class ReplayOutcome:
 
 #: Rows written per transaction by ``replay`` (inserted or made pending again).
 BATCH = 500
+_MATCHES = RouteMatch.__table__
+assert isinstance(_MATCHES, Table)
+_MATCHES_TABLE: Table = _MATCHES
+#: A row that appeared meanwhile (this unique key taken) is skipped by the database too.
+_UNIQUE = ("sop_instance_uid", "destination")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,17 +176,23 @@ class _Writer:
         self.inserts, self.resets = [], []
         with self.sessions() as session:
             now = utcnow()
-            there: set[tuple[str, str]] = {
+            uids = list({r["sop_instance_uid"] for r in inserts})
+            # Arrivals first: one expanded between the two reads is then seen in one of them.
+            there = {
+                (uid, d.destination) for uid, ds in arriving(session, uids).items() for d in ds
+            }
+            there.update(
                 (uid, dest)
                 for uid, dest in session.execute(
                     select(RouteMatch.sop_instance_uid, RouteMatch.destination).where(
-                        RouteMatch.sop_instance_uid.in_({r["sop_instance_uid"] for r in inserts})
+                        RouteMatch.sop_instance_uid.in_(uids)
                     )
                 )
-            }
+            )
             fresh = [r for r in inserts if (r["sop_instance_uid"], r["destination"]) not in there]
             if fresh:
-                session.execute(insert(RouteMatch), fresh)
+                dialect = session.get_bind().dialect.name
+                session.execute(insert_ignoring_conflicts(_MATCHES_TABLE, _UNIQUE, dialect), fresh)
             reset = 0
             if resets:
                 reset = session.execute(
@@ -216,14 +228,17 @@ def replay(
 ) -> ReplayOutcome:
     """Evaluate *route* on stored instances again (a study's, or those received since
     *since*): a match to a destination that has no row yet becomes a pending row, a failed row
-    becomes pending again, anything else is skipped; the running node forwards once the study
-    is stable. The instances and their rows are read read-only, the files with no transaction
-    open, and the rows written *batch* at a time (each batch committed)."""
+    becomes pending again, anything else is skipped (a decision still in its arrival, not yet
+    expanded, is pending); the running node forwards once the study is stable. The instances
+    and their rows are read read-only, the files with no transaction open, and the rows
+    written *batch* at a time (each batch committed)."""
     examined = skipped = unreadable = 0
     with session_factory(engine.execution_options(**{READ_ONLY: True}))() as session:
         instances = _stored(session, study=study, since=since)
         existing: dict[tuple[str, str], tuple[int, str]] = {}
         uids = [i.sop_instance_uid for i in instances]
+        # Arrivals before rows: one expanded between the two reads is seen in one of them.
+        arrived = {(uid, d.destination) for uid, ds in arriving(session, uids).items() for d in ds}
         for start in range(0, len(uids), 500):
             for row_id, uid, dest, state in session.execute(
                 select(
@@ -246,7 +261,9 @@ def replay(
             continue
         for _, dest in decide([route], facts):
             found = existing.get((inst.sop_instance_uid, dest))
-            if found is None:
+            if (inst.sop_instance_uid, dest) in arrived:
+                skipped += 1
+            elif found is None:
                 writer.insert(
                     match_row(
                         route,

@@ -1,5 +1,8 @@
 """Readers of routing state: counters per route, each study's state per destination, and the
-scrape-time metrics built from them (``ctnode routes list``, ``ctnode studies``, ``/metrics``)."""
+scrape-time metrics built from them (``ctnode routes list``, ``ctnode studies``, ``/metrics``).
+
+Each counts the decisions of arrivals not yet expanded (``routing.arrivals``) as pending rows,
+read in the same statement as the ``route_matches`` rows (a UNION: one snapshot)."""
 
 from __future__ import annotations
 
@@ -9,14 +12,28 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import (
+    Engine,
+    Float,
+    Integer,
+    Text,
+    and_,
+    cast,
+    false,
+    func,
+    literal,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from ctnode.db.engine import READ_ONLY, session_factory
-from ctnode.db.models import Instance, InstanceCommitment, RouteMatch
+from ctnode.db.models import Instance, InstanceCommitment, RouteArrival, RouteMatch
 from ctnode.db.types import utcnow
 from ctnode.logs import get_logger
 from ctnode.metrics import CachedCollector
+from ctnode.routing.arrivals import ARRIVAL, PENDING, decode
 
 log = get_logger("ctnode.routing")
 
@@ -45,13 +62,22 @@ class RouteCounters:
 def route_counters(session: Session) -> dict[str, RouteCounters]:
     """Counters of every route that ever matched (by name)."""
     found: dict[str, dict[str, int]] = {}
+    rm, ra = RouteMatch, RouteArrival
     rows = session.execute(
-        select(RouteMatch.route, RouteMatch.state, func.count()).group_by(
-            RouteMatch.route, RouteMatch.state
+        union_all(
+            select(rm.route, rm.state, func.count()).group_by(rm.route, rm.state),
+            # arrivals with the same decisions (the usual case) in one row
+            select(ra.decisions, literal(ARRIVAL), func.count()).group_by(ra.decisions),
         )
     )
     for route, state, count in rows:
-        found.setdefault(route, {})[state] = int(count)
+        if state == ARRIVAL:
+            named = [(d.route, PENDING) for d in decode(route) or ()]
+        else:
+            named = [(route, state)]
+        for name, named_state in named:
+            by_state = found.setdefault(name, {})
+            by_state[named_state] = by_state.get(named_state, 0) + int(count)
     return {
         route: RouteCounters(
             matched=sum(by_state.values()),
@@ -65,9 +91,11 @@ def route_counters(session: Session) -> dict[str, RouteCounters]:
 
 def oldest_waiting_age(session: Session, now: datetime | None = None) -> float:
     """Seconds since the oldest match still waiting to be forwarded (0 if none)."""
-    oldest = session.scalar(
-        select(func.min(RouteMatch.matched_at)).where(RouteMatch.state == "pending")
-    )
+    both = union_all(
+        select(func.min(RouteMatch.matched_at).label("oldest")).where(RouteMatch.state == PENDING),
+        select(func.min(RouteArrival.matched_at).label("oldest")),
+    ).subquery()
+    oldest: datetime | None = session.scalar(select(func.min(both.c.oldest)))
     if oldest is None:
         return 0.0
     return max(0.0, ((now or utcnow()) - oldest).total_seconds())
@@ -81,15 +109,20 @@ def read_sessions(engine: Engine) -> sessionmaker[Session]:
 
 def holding(engine: Engine, sop_instance_uids: list[str]) -> set[str]:
     """The instances among *sop_instance_uids* routing must keep on disk: a match not yet
-    delivered (pending, queued, or failed: a failed forward keeps its source). Read-only."""
+    delivered (pending, queued, or failed: a failed forward keeps its source), or an arrival
+    not yet expanded. Read-only."""
     held: set[str] = set()
+    rm, ra = RouteMatch, RouteArrival
     with read_sessions(engine)() as session:
         for start in range(0, len(sop_instance_uids), 500):
+            chunk = sop_instance_uids[start : start + 500]
             held.update(
                 session.scalars(
-                    select(RouteMatch.sop_instance_uid).where(
-                        RouteMatch.sop_instance_uid.in_(sop_instance_uids[start : start + 500]),
-                        RouteMatch.state != "delivered",
+                    union_all(
+                        select(rm.sop_instance_uid).where(
+                            rm.sop_instance_uid.in_(chunk), rm.state != "delivered"
+                        ),
+                        select(ra.sop_instance_uid).where(ra.sop_instance_uid.in_(chunk)),
                     )
                 )
             )
@@ -155,50 +188,20 @@ def study_routes(
     if not uids:
         return {}
     now = now or utcnow()
-    rm = RouteMatch
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
     for start in range(0, len(uids), 500):
-        chunk = uids[start : start + 500]
-        rows = session.execute(
-            select(
-                rm.study_instance_uid,
-                rm.route,
-                rm.destination,
-                rm.state,
-                func.count(),
-                func.max(rm.job_id),
-                func.max(rm.matched_at),
-                func.max(rm.stable_after),
-                func.max(rm.error),
-                rm.commit,
-                func.count(InstanceCommitment.id),
-            )
-            .join(Instance, Instance.sop_instance_uid == rm.sop_instance_uid)
-            .join(
-                InstanceCommitment,
-                and_(
-                    InstanceCommitment.sop_instance_uid == rm.sop_instance_uid,
-                    InstanceCommitment.peer == rm.destination,
-                ),
-                isouter=True,
-            )
-            .where(Instance.study_instance_uid.in_(chunk))
-            .group_by(rm.study_instance_uid, rm.route, rm.destination, rm.state, rm.commit)
-        ).all()
-        for study, route, dest, state, count, job, newest, stable, error, commit, committed in rows:
-            entry = groups.setdefault(
-                (study, route, dest),
-                {"states": {}, "job": None, "newest": None, "stable": 0.0, "error": None},
-            )
-            entry["states"][state] = int(count)
-            entry["committed"] = entry.get("committed", 0) + int(committed)
-            entry["commit"] = bool(commit) or entry.get("commit", False)
-            if job is not None and (entry["job"] is None or job > entry["job"]):
-                entry["job"] = int(job)
-            if state == "pending":
-                entry["newest"], entry["stable"] = newest, float(stable)
-            if state == "failed":
-                entry["error"] = error
+        rows = session.execute(_study_rows(uids[start : start + 500])).all()
+        arrived = [row for row in rows if row.state == ARRIVAL]
+        committed = _committed(session, [row.destination for row in arrived])
+        for row in rows:
+            if row.state != ARRIVAL:
+                _add(groups, row.study, row.route, row.destination, row.state, row)
+                continue
+            # an arrival: its route column holds its decisions, its destination the instance
+            for d in decode(row.route) or ():
+                done = int((row.destination, d.destination) in committed)
+                pending = (1, None, row.newest, d.stable_after, None, d.commit, done)
+                _add(groups, row.study, d.route, d.destination, PENDING, pending)
     out: dict[str, list[StudyRouteState]] = {}
     for (study, route, dest), entry in sorted(groups.items()):
         states: dict[str, int] = entry["states"]
@@ -231,6 +234,96 @@ def study_routes(
             )
         )
     return out
+
+
+def _study_rows(studies: list[str]) -> Any:
+    """The ``route_matches`` rows of *studies* grouped by study, route, destination, state and
+    commit, with each not yet expanded arrival of theirs (state ``ARRIVAL``): one statement."""
+    rm, ra = RouteMatch, RouteArrival
+    matches = (
+        select(
+            rm.study_instance_uid.label("study"),
+            rm.route.label("route"),
+            rm.destination.label("destination"),
+            rm.state.label("state"),
+            func.count().label("count"),
+            func.max(rm.job_id).label("job"),
+            func.max(rm.matched_at).label("newest"),
+            func.max(rm.stable_after).label("stable"),
+            func.max(rm.error).label("error"),
+            rm.commit.label("commit"),
+            func.count(InstanceCommitment.id).label("committed"),
+        )
+        .join(Instance, Instance.sop_instance_uid == rm.sop_instance_uid)
+        .join(
+            InstanceCommitment,
+            and_(
+                InstanceCommitment.sop_instance_uid == rm.sop_instance_uid,
+                InstanceCommitment.peer == rm.destination,
+            ),
+            isouter=True,
+        )
+        .where(Instance.study_instance_uid.in_(studies))
+        .group_by(rm.study_instance_uid, rm.route, rm.destination, rm.state, rm.commit)
+    )
+    arrivals = select(
+        ra.study_instance_uid,
+        ra.decisions,
+        ra.sop_instance_uid,
+        literal(ARRIVAL),
+        literal(1),
+        cast(null(), Integer),
+        ra.matched_at,
+        cast(null(), Float),
+        cast(null(), Text),
+        false(),
+        literal(0),
+    ).where(ra.study_instance_uid.in_(studies))
+    return union_all(matches, arrivals)
+
+
+def _committed(session: Session, sop_instance_uids: list[str]) -> set[tuple[str, str]]:
+    """(instance, peer) of the commitments of *sop_instance_uids*."""
+    out: set[tuple[str, str]] = set()
+    for start in range(0, len(sop_instance_uids), 500):
+        chunk = sop_instance_uids[start : start + 500]
+        out.update(
+            (uid, peer)
+            for uid, peer in session.execute(
+                select(InstanceCommitment.sop_instance_uid, InstanceCommitment.peer).where(
+                    InstanceCommitment.sop_instance_uid.in_(chunk)
+                )
+            )
+        )
+    return out
+
+
+def _add(
+    groups: dict[tuple[str, str, str], dict[str, Any]],
+    study: str,
+    route: str,
+    destination: str,
+    state: str,
+    values: Any,
+) -> None:
+    """Fold one row (count, job, newest, stable_after, error, commit, committed) into the
+    study, route and destination's entry."""
+    count, job, newest, stable, error, commit, committed = values[-7:]
+    entry = groups.setdefault(
+        (study, route, destination),
+        {"states": {}, "job": None, "newest": None, "stable": 0.0, "error": None},
+    )
+    entry["states"][state] = entry["states"].get(state, 0) + int(count)
+    entry["committed"] = entry.get("committed", 0) + int(committed)
+    entry["commit"] = bool(commit) or entry.get("commit", False)
+    if job is not None and (entry["job"] is None or job > entry["job"]):
+        entry["job"] = int(job)
+    if state == PENDING:
+        if entry["newest"] is None or newest > entry["newest"]:
+            entry["newest"] = newest
+        entry["stable"] = max(entry["stable"], float(stable))
+    if state == "failed":
+        entry["error"] = error
 
 
 @dataclass(eq=False)

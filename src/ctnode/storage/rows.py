@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import IntegrityError
 
 from ctnode.db.engine import READ_ONLY
-from ctnode.db.models import Instance, RouteMatch
+from ctnode.db.models import Instance, RouteArrival
 from ctnode.db.types import utcnow
 from ctnode.dicom import scan as tags
 from ctnode.dicom.scan import ScanResult
@@ -37,9 +37,9 @@ _SELECT_EXISTING = select(
     _INSTANCES.c.series_instance_uid,
 ).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
 _INSERT_INSTANCE = insert(_INSTANCES)
-_ROUTE_MATCHES_TABLE = RouteMatch.__table__
-assert isinstance(_ROUTE_MATCHES_TABLE, Table)
-_ROUTE_MATCHES: Table = _ROUTE_MATCHES_TABLE
+_ROUTE_ARRIVALS_TABLE = RouteArrival.__table__
+assert isinstance(_ROUTE_ARRIVALS_TABLE, Table)
+_ROUTE_ARRIVALS: Table = _ROUTE_ARRIVALS_TABLE
 
 
 class PreparedInsert:
@@ -185,21 +185,23 @@ def row_values(spool: SpoolFile, scan: ScanResult, rel: str, node_name: str) -> 
 
 
 class Decisions(Protocol):
-    """Rows decided at ingest and committed with the instance's row (routing: ``route_matches``
-    rows, see ``ctnode.routing.decisions``): a crash after the Success cannot lose them."""
+    """A row decided at ingest and committed with the instance's row (routing: its
+    ``route_arrivals`` row, see ``ctnode.routing.decisions``): a crash after the Success cannot
+    lose it."""
 
     @property
     def wanted(self) -> frozenset[int]:
         """The top-level tags the scan must extract (the index's and the decisions')."""
 
-    def decide(self, request: StoreRequest, scan: ScanResult) -> list[dict[str, Any]]:
-        """The ``route_matches`` rows of a new instance (usually none); must not raise."""
+    def decide(self, request: StoreRequest, scan: ScanResult) -> dict[str, Any] | None:
+        """The ``route_arrivals`` row of a new instance, or None (no route matches it); must
+        not raise."""
 
 
 @dataclass(slots=True)
 class _PendingRow:
     values: dict[str, Any]
-    decided: list[dict[str, Any]]
+    decided: dict[str, Any] | None
     done: bool = False
     error: BaseException | None = None
 
@@ -221,10 +223,10 @@ class GroupCommit:
         self._busy = False
         self._decided_inserts: dict[tuple[str, ...], PreparedInsert] = {}
 
-    def insert(self, values: dict[str, Any], decided: list[dict[str, Any]] | None = None) -> None:
-        """Insert one row (and its *decided* ``route_matches`` rows) and commit it (durably,
+    def insert(self, values: dict[str, Any], decided: dict[str, Any] | None = None) -> None:
+        """Insert one row (and its *decided* ``route_arrivals`` row) and commit it (durably,
         as the engine commits)."""
-        mine = _PendingRow(values, decided or [])
+        mine = _PendingRow(values, decided)
         with self._cond:
             self._queue.append(mine)
             while self._busy and not mine.done:
@@ -263,14 +265,14 @@ class GroupCommit:
     def _transaction(self, rows: list[_PendingRow]) -> None:
         with self.engine.begin() as conn:
             conn.execute(_INSERT_INSTANCE, [row.values for row in rows])
-            decided = [values for row in rows for values in row.decided]
+            decided = [row.decided for row in rows if row.decided is not None]
             if decided:
                 self._decided_insert(tuple(decided[0])).execute(conn, decided)
 
     def _decided_insert(self, keys: tuple[str, ...]) -> PreparedInsert:
-        """The ``route_matches`` insert for rows with *keys* (every decided row has the same)."""
+        """The ``route_arrivals`` insert for rows with *keys* (every decided row has the same)."""
         prepared = self._decided_inserts.get(keys)
         if prepared is None:
-            prepared = PreparedInsert(_ROUTE_MATCHES, keys, self.engine.dialect)
+            prepared = PreparedInsert(_ROUTE_ARRIVALS, keys, self.engine.dialect)
             self._decided_inserts[keys] = prepared
         return prepared
