@@ -20,6 +20,7 @@ from ctnode.db.types import utcnow
 from ctnode.dicom.contexts import CT_IMAGE, MR_IMAGE
 from ctnode.peers import load_peers
 from ctnode.retention import Retention
+from ctnode.routing import arrivals as arrivals_module
 from ctnode.routing import replay as replay_module
 from ctnode.routing.arrivals import expand
 from ctnode.routing.reader import committed_forwards
@@ -109,19 +110,28 @@ def test_readers_see_an_arrival_as_its_pending_decisions(
     assert held == {*ct, mr}
 
 
+def _not_called(*args: Any) -> None:
+    raise AssertionError("expanded in Python")
+
+
 def test_expansion_is_idempotent_and_survives_a_crash_before_its_delete(
-    tmp_path: Path, engine: Engine, sessions: sessionmaker[Session]
+    tmp_path: Path,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Arrivals expanded in batches, matched_at kept; the same arrivals back (a crash after
-    the insert, before the delete) expand again into nothing new, leaving the rows as the
-    forwarder moved them; another node's arrival is left to it; an unreadable one is dropped
-    with an error."""
+    """Arrivals expanded in batches by the database, matched_at kept; the same arrivals back
+    (a crash after the insert, before the delete) expand again into nothing new, leaving the
+    rows as the forwarder moved them; another node's arrival is left to it; an unreadable one
+    is dropped with an error (the batch expanded in Python instead)."""
     _, store, forwarder, _ = _setup(
         tmp_path, engine, {"all": {"trigger": "instance", "to": ["pacs"]}}
     )
     uids = [_ingest(store, make_dataset(CT_IMAGE)) for _ in range(5)]
     saved = _saved(sessions)
-    assert expand(sessions, NODE, batch=2) == 5  # three transactions
+    with monkeypatch.context() as patched:  # the database expands them, not the fallback
+        patched.setattr(arrivals_module, "_expand_in_python", _not_called)
+        assert expand(sessions, NODE, batch=2) == 5  # three transactions
     first = _matches(sessions)
     assert [r.sop_instance_uid for r in first] == uids
     assert [r.matched_at for r in first] == [a["matched_at"] for a in saved]
