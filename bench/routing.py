@@ -1,9 +1,10 @@
 """Routing: receive throughput with five routes vs none, and a study's end-to-end forward.
 
 1. **Receive**: storescu → ctnode with no route, and with five active routes (every instance
-   matches, so five routing rows are committed with each instance row; ``stable_after`` is long
-   so nothing is forwarded during the measurement). Alternated, fresh node each repetition;
-   the target is a paired ratio ≥ 0.95.
+   matches all five, to five destinations: one arrival listing them is committed with each
+   instance row, and the forwarder expands it into five ``route_matches`` rows during the run;
+   ``stable_after`` is long so nothing is forwarded during the measurement). Alternated, fresh
+   node each repetition; the target is a paired ratio ≥ 0.95.
 2. **End to end**: a study sent by storescu (calling AE STORESCU) reaches DCMTK storescp through
    a route (``stable_after`` S); the time from the end of the send to the last instance at
    storescp, against ``ctnode push --study --wait`` of the same stored study to a fresh storescp.
