@@ -23,6 +23,7 @@ from ctnode.retention import Retention
 from ctnode.routing import arrivals as arrivals_module
 from ctnode.routing import replay as replay_module
 from ctnode.routing.arrivals import expand
+from ctnode.routing.decisions import RouteHolder
 from ctnode.routing.reader import committed_forwards
 from ctnode.routing.replay import replay
 from ctnode.routing.rules import load_routes
@@ -245,3 +246,23 @@ def test_replay_adds_nothing_for_a_decision_still_in_its_arrival(
     assert [r.matched_at for r in rows] == [a["matched_at"] for a in saved]
     outcome = run()
     assert (outcome.added, outcome.skipped) == (0, 3) and len(_matches(sessions)) == 3
+
+
+def test_an_arrival_records_the_routes_as_they_were_when_it_matched(
+    tmp_path: Path, engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    """Each arrival lists its destinations with the route's trigger, stable_after and commit
+    at the time; a reload (new route set) changes what later arrivals record, not earlier."""
+    _, store, _, _ = _setup(tmp_path, engine, {"ct": {"stable_after": 30, "to": ["pacs"]}})
+    _ingest(store, make_dataset(CT_IMAGE))
+    _ingest(store, make_dataset(CT_IMAGE))
+    write_yaml(tmp_path / "routes" / "ct.yaml", {"stable_after": 5, "commit": True, "to": ["pacs"]})
+    holder = store.decisions
+    assert isinstance(holder, RouteHolder)
+    holder.replace(load_routes(tmp_path / "routes", load_peers(tmp_path / "peers", resolve=False)))
+    _ingest(store, make_dataset(CT_IMAGE))
+    assert [a.decisions for a in _arrivals(sessions)] == [
+        '[["ct","pacs","study",30.0,false]]',
+        '[["ct","pacs","study",30.0,false]]',
+        '[["ct","pacs","study",5.0,true]]',
+    ]

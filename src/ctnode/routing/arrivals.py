@@ -95,17 +95,17 @@ def arrival_row(
     study: str,
     series: str,
     node: str,
-    decisions: Sequence[Decision],
+    decisions: str,
     now: datetime,
 ) -> dict[str, Any]:
-    """The ``route_arrivals`` row of an instance routed *now* to *decisions*."""
+    """The ``route_arrivals`` row of an instance routed *now* to *decisions* (``encode``d)."""
     return {
         "sop_instance_uid": sop_instance_uid,
         "study_instance_uid": study,
         "series_instance_uid": series,
         "node_name": node,
         "matched_at": now,
-        "decisions": encode(decisions),
+        "decisions": decisions,
     }
 
 
