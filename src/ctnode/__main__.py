@@ -2,4 +2,5 @@
 
 from ctnode.cli import entry
 
-entry()
+if __name__ == "__main__":  # not when a spawned ingest worker imports the parent's main module
+    entry()

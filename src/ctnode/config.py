@@ -123,6 +123,8 @@ class StorageSettings(_Model):
     #: Remove local instances once a peer in ``commitment_peers`` has committed them.
     delete_after_commit: bool = False
     commitment_peers: tuple[str, ...] = ()
+    #: Worker processes placing objects (walk, hash, sync, link) for concurrent associations.
+    ingest_processes: int = Field(default=0, ge=0, le=16)
 
     @property
     def store_dir(self) -> Path:

@@ -31,6 +31,7 @@ from ctnode.db.opening import open_database
 from ctnode.dicom.contexts import Service, storage_classes
 from ctnode.errors import ConfigError
 from ctnode.index import IndexReader
+from ctnode.ingest_processes import attach, ingest_pool
 from ctnode.logs import get_logger
 from ctnode.metrics import (
     CountsCollector,
@@ -68,6 +69,7 @@ from ctnode.scu.query import QueryOperation
 from ctnode.sdnotify import Notifier
 from ctnode.storage import Store
 from ctnode.storage.backfill import warn_pending
+from ctnode.storage.ingest_pool import IngestPool
 from ctnode.supervisor import QueueFigures, Supervisor
 from ctnode.tls import server_context
 
@@ -110,10 +112,13 @@ class Runtime:
     intake: Intake
     routes: RouteHolder
     forwarder: Forwarder
+    #: Ingest worker processes (``storage.ingest_processes``), forked before this was built.
+    ingest: IngestPool | None = None
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """Open the database, load peers, prepare the store, create (not start) the SCP."""
+def build_runtime(settings: Settings, ingest: IngestPool | None = None) -> Runtime:
+    """Open the database, load peers, prepare the store, create (not start) the SCP; start the
+    forked *ingest* workers once the database is ready."""
     if not settings.peers_dir.exists() and not settings.is_embedded_default:
         raise ConfigError(
             f"peers_dir {settings.peers_dir} does not exist; create it or fix the key"
@@ -140,6 +145,8 @@ def build_runtime(settings: Settings) -> Runtime:
     recovered = store.prepare()
     if recovered:
         log.info("storage.spool_recovered", files=recovered)
+    if ingest is not None:
+        attach(ingest, store, routes())
     # SQLite was migrated above, never back-filled: say so (before the event loop starts).
     warn_pending(engine, settings.node.name, shared=settings.storage.shared)
     peers = PeerHolder(registry)
@@ -227,6 +234,7 @@ def build_runtime(settings: Settings) -> Runtime:
         intake,
         routes,
         forwarder,
+        ingest,
     )
 
 
@@ -238,6 +246,8 @@ def _reload_routes(runtime: Runtime, registry: PeerRegistry) -> Callable[[], Non
     def install() -> None:
         kept = len(runtime.routes())
         runtime.routes.replace(routes)
+        if runtime.ingest is not None:
+            runtime.ingest.configure(routes)
         log.info("route.reloaded", routes=len(routes), previous_routes=kept)
 
     return install
@@ -427,6 +437,8 @@ async def supervise(
     if not idle:
         log.warning("daemon.grace_expired", aborted=runtime.server.active)
         await asyncio.to_thread(runtime.server.abort_all)
+    if runtime.ingest is not None:  # every association has ended: no place is in flight
+        await asyncio.to_thread(runtime.ingest.close)
     with contextlib.suppress(Exception):
         await forwarding
     with contextlib.suppress(Exception):
@@ -471,7 +483,15 @@ def _open_wake_channel(runtime: Runtime) -> WakeListener | None:
 
 def run(settings: Settings) -> int:
     """Run the node until SIGTERM/SIGINT. Returns the process exit code."""
-    runtime = build_runtime(settings)
+    pool = ingest_pool(settings)
+    if pool is not None:
+        pool.fork()  # before any thread exists
+    try:
+        runtime = build_runtime(settings, pool)
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
     notifier = Notifier.from_environ()
 
     async def main() -> int:

@@ -47,6 +47,19 @@ def recover_spool(spool_dir: Path, store_dir: Path, sessions: sessionmaker[Sessi
     return count
 
 
+def recover_spool_file(path: Path, store_dir: Path, sessions: sessionmaker[Session]) -> None:
+    """Resolve one spool file, and the temporary links made from it, while the node runs (an
+    ingest worker died placing it); like start-up recovery, failures are logged and the file
+    is left for the next start."""
+    for candidate in [path, *sorted(path.parent.glob(f"{path.stem}.*.link{path.suffix}"))]:
+        if not candidate.is_file():
+            continue
+        try:
+            _recover_one(candidate, store_dir, sessions)
+        except (OSError, SQLAlchemyError, ValueError) as exc:
+            log.warning("storage.recovery_failed", spool_file=candidate.name, error=str(exc))
+
+
 def _recover_one(path: Path, store_dir: Path, sessions: sessionmaker[Session]) -> None:
     try:
         meta = read_file_meta_info(path)

@@ -103,6 +103,16 @@ class SpoolFile:
             self.discard()
             raise
 
+    @classmethod
+    def adopt(cls, path: Path, request: StoreRequest, dataset_offset: int, size: int) -> SpoolFile:
+        """A complete spool file another process wrote (an ingest worker places it): opened
+        read-only, which is all walking, hashing and syncing it need."""
+        spool = cls.__new__(cls)
+        spool.path, spool.request = path, request
+        spool.size, spool.sha256, spool.dataset_offset = size, "", dataset_offset
+        spool.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return spool
+
     def _write_all(self, data: memoryview) -> None:
         while data:
             written = os.write(self.fd, data)

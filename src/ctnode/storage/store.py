@@ -11,9 +11,11 @@ file through a ``Reception`` (``Store.receive``); once complete, ``Store`` inges
    spool and an atomic rename), and ``fsync``\\ s the directory (and any directory it had to
    create);
 4. commits the index row (rows of concurrent associations share a transaction: ``GroupCommit``)
-   with the routing decisions made for it (``Decisions``: ``route_matches`` rows);
+   with the routing decisions made for it (``Decisions``: one ``route_arrivals`` row);
 
-and only then answers Success. The spool link is removed afterwards. A crash at any point leaves
+and only then answers Success. Steps 1–3 (``Store.place``) may run in an ingest worker process
+(``storage.ingest_pool``, ``storage.ingest_processes``) when another ingest is in flight; the
+per-UID lock and step 4 always run in the node's process. The spool link is removed afterwards. A crash at any point leaves
 either nothing in ``store/`` or a spool file that ``recovery.recover_spool`` (run at start-up)
 resolves by comparing it with the index: committed objects keep their store file, uncommitted
 ones are removed.
@@ -26,6 +28,7 @@ import os
 import threading
 import uuid
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
@@ -49,6 +52,7 @@ from ctnode.storage.rows import Decisions, ExistingRow, GroupCommit, find_existi
 from ctnode.storage.spool import SpoolFile, fsync_dir, start_writeback
 from ctnode.storage.values import (
     IngestResult,
+    Placed,
     StoreRequest,
     refused,
     refused_for_os_error,
@@ -81,6 +85,14 @@ class Store:
         self._uid_locks = [threading.Lock() for _ in range(64)]
         #: Rows decided at ingest with each new instance (routing): committed with its row.
         self.decisions = decisions
+        #: Places a spool file in an ingest worker process (``ingest_pool.IngestPool``) or with
+        #: the given function (``place``) in this thread.
+        self.offload: (
+            Callable[
+                [SpoolFile, Callable[[SpoolFile], IngestResult | Placed]], IngestResult | Placed
+            ]
+            | None
+        ) = None
 
     # -- start-up -------------------------------------------------------------------
 
@@ -114,7 +126,26 @@ class Store:
         return Reception(path, request, int(self.settings.max_instance_bytes), self._ingest)
 
     def _ingest(self, spool: SpoolFile) -> IngestResult:
-        """Validate, make durable and index a complete, non-empty spool file."""
+        """Validate, make durable and index a complete, non-empty spool file.
+
+        Same-UID ingests are serialised here (this process runs every association). The work
+        up to the link into ``store/`` runs in an ingest worker process when ``offload`` takes
+        it (concurrent associations use both cores), else in this thread; the index row is
+        always committed here, so that concurrent rows share one transaction.
+        """
+        request = spool.request
+        lock = self._uid_locks[zlib.crc32(request.sop_instance_uid.encode()) % 64]
+        with lock:
+            offload = self.offload
+            placed = self.place(spool) if offload is None else offload(spool, self.place)
+            if isinstance(placed, IngestResult):
+                return placed
+            return self._commit(placed)
+
+    def place(self, spool: SpoolFile) -> IngestResult | Placed:
+        """Everything before the index row: walk, hash and check the data set, make the file
+        durable and link it into ``store/`` (or answer a duplicate, or refuse). The caller
+        holds the SOP Instance UID's lock and commits the returned ``Placed`` row."""
         request = spool.request
         # The data goes to the disk while this thread walks and hashes it (from the page cache).
         start_writeback(spool.fd)
@@ -139,9 +170,7 @@ class Store:
             spool.close()
         except OSError as exc:
             return refused_for_os_error(exc)
-        lock = self._uid_locks[zlib.crc32(request.sop_instance_uid.encode()) % 64]
-        with lock:
-            return self._place(spool, scan, rel)
+        return self._place(spool, scan, rel)
 
     @staticmethod
     def _check(request: StoreRequest, scan: ScanResult) -> IngestResult | PurePosixPath:
@@ -210,7 +239,9 @@ class Store:
             os.unlink(target)
             fsync_dir(target.parent)
 
-    def _place(self, spool: SpoolFile, scan: ScanResult, relpath: PurePosixPath) -> IngestResult:
+    def _place(
+        self, spool: SpoolFile, scan: ScanResult, relpath: PurePosixPath
+    ) -> IngestResult | Placed:
         rel = relpath.as_posix()
         target = contained_path(self.root, relpath)
         study = scan.text(tags.STUDY_INSTANCE_UID)
@@ -227,16 +258,25 @@ class Store:
             return refused_for_os_error(exc)
         decisions = self.decisions
         decided = None if decisions is None else decisions.decide(spool.request, scan)
+        return Placed(
+            row_values(spool, scan, rel, self.node_name),
+            decided,
+            IngestResult(status.SUCCESS, "stored", None, rel, study, series),
+        )
+
+    def _commit(self, placed: Placed) -> IngestResult:
+        """Commit a placed object's index row (and its routing decisions); its store file goes
+        again if that fails."""
         try:
-            self.index.insert(row_values(spool, scan, rel, self.node_name), decided)
+            self.index.insert(placed.values, placed.decided)
         except IntegrityError:
             # Another node stored the same instance between our check and our insert.
-            self._unlink_from_store(target)
+            self._unlink_from_store(contained_path(self.root, placed.values["path"]))
             return refused(status.OUT_OF_RESOURCES, "concurrent store of the same instance")
         except SQLAlchemyError as exc:
-            self._unlink_from_store(target)
+            self._unlink_from_store(contained_path(self.root, placed.values["path"]))
             return self._db_failure(exc)
-        return IngestResult(status.SUCCESS, "stored", None, rel, study, series)
+        return placed.result
 
     def _duplicate(
         self, spool: SpoolFile, scan: ScanResult, row: ExistingRow, target: Path, rel: str

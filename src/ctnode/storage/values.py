@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from typing import Any
 
 from ctnode.dicom import status
 
@@ -31,6 +32,16 @@ class IngestResult:
     relpath: str | None = None
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """An object durable in ``store/`` whose index row is still to be committed: the row's
+    values, the routing decisions committed with it, and the answer once committed."""
+
+    values: dict[str, Any]
+    decided: Any
+    result: IngestResult
 
 
 def refused(code: int, reason: str) -> IngestResult:
