@@ -1,13 +1,17 @@
-"""Follow a job until it ends (``--wait``): a progress bar on a terminal, plain lines otherwise."""
+"""Follow a job until it ends (``--wait``): a progress bar on a terminal, plain lines otherwise;
+and what a command that submitted a job prints at its end (``finish_job``)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol, TextIO
+from dataclasses import dataclass
+from typing import Any, Protocol, TextIO
 
+from ctnode.progress import Display, DisplayFactory, Snapshot, terminal
 from ctnode.queue.jobs import Job, JobKind, JobState
 from ctnode.queue.wakeup import Address, FollowChannel, poke
 
@@ -60,14 +64,16 @@ def follow(
     out: TextIO | None = None,
     timeout: float | None = None,
     wake: Address | None = None,
+    display: DisplayFactory = terminal,
 ) -> Job:
     """Poll *job_id* until *until* holds; show progress; returns the last job seen.
 
     With *wake* (the node's wake address), the local node is asked to say when an attempt of
-    the job ends, and the job is read again at once then instead of at the next poll.
+    the job ends, and the job is read again at once then instead of at the next poll. Each
+    reading goes to *display* (default: a bar or plain lines on *out*, stderr by default).
     """
-    with _waiter(job_id, wake) as wait:
-        return _follow(repo, job_id, until, interval, out or sys.stderr, timeout, wait)
+    with _waiter(job_id, wake) as wait, display(job_id, out or sys.stderr) as shown:
+        return _follow(repo, job_id, until, interval, shown, timeout, wait)
 
 
 @contextmanager
@@ -95,12 +101,18 @@ def _waiter(job_id: int, wake: Address | None) -> Iterator[Callable[[float], obj
         yield wait
 
 
+def snapshot(job: Job) -> Snapshot:
+    """How *job* is shown while followed."""
+    total, done = _totals(job)
+    return Snapshot(describe(job), total, done, f"job {job.id} {job.state.value}")
+
+
 def _follow(
     repo: FollowedQueue,
     job_id: int,
     until: Callable[[Job], bool],
     interval: float,
-    out: TextIO,
+    display: Display,
     timeout: float | None,
     sleep: Callable[[float], object],
 ) -> Job:
@@ -108,41 +120,10 @@ def _follow(
     # Poll often at first (short jobs end quickly), then every *interval*.
     pause = min(interval, 0.05)
     warned = False
-    if out.isatty():
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        console = Console(file=out)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task(f"job {job_id}", total=None)
-            while True:
-                job = repo.get(job_id)
-                total, done = _totals(job)
-                bar.update(
-                    task,
-                    total=total or None,
-                    completed=done,
-                    description=f"job {job.id} {job.state.value}",
-                )
-                warned = _warn_no_node(repo, job, started, warned, out)
-                if until(job) or _timed_out(started, timeout):
-                    return job
-                sleep(pause)
-                pause = min(interval, pause * 1.5)
-    last = ""
     while True:
         job = repo.get(job_id)
-        line = describe(job)
-        if line != last:
-            print(line, file=out, flush=True)
-            last = line
-        warned = _warn_no_node(repo, job, started, warned, out)
+        display.show(snapshot(job))
+        warned = _warn_no_node(repo, job, started, warned, display)
         if until(job) or _timed_out(started, timeout):
             return job
         sleep(pause)
@@ -162,17 +143,87 @@ def _timed_out(started: float, timeout: float | None) -> bool:
     return timeout is not None and time.monotonic() - started > timeout
 
 
-def _warn_no_node(repo: FollowedQueue, job: Job, started: float, warned: bool, out: TextIO) -> bool:
+def _warn_no_node(
+    repo: FollowedQueue, job: Job, started: float, warned: bool, display: Display
+) -> bool:
     if warned or job.state is not JobState.QUEUED or job.attempts:
         return warned
     if time.monotonic() - started < NO_NODE_WARNING_AFTER:
         return warned
     if not repo.live_nodes(within=30):
-        print(
+        display.warn(
             f"ctnode: warning: job {job.id} is queued but no `ctnode run` has been seen on this "
-            "database in the last 30 s; start the node (systemctl start ctnode)",
-            file=out,
-            flush=True,
+            "database in the last 30 s; start the node (systemctl start ctnode)"
         )
         return True
     return warned
+
+
+# ------------------------------------------------------------------ how a submitting command ends
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What a command that submitted a job prints on stdout (one line each), and its exit code."""
+
+    lines: tuple[str, ...]
+    code: int = 0
+
+
+def json_text(value: object) -> str:
+    """*value* as ``--json`` prints it."""
+    return json.dumps(value, indent=2, default=str)
+
+
+def finish_job(
+    repo: FollowedQueue,
+    job_id: int,
+    *,
+    wait: bool,
+    as_json: bool,
+    wake: Address,
+    extra: dict[str, Any] | None = None,
+    display: DisplayFactory = terminal,
+) -> Finished:
+    """The end of ``push``/``commit``: with *wait*, follow the job (exit 1 unless it succeeded);
+    without, wake the node. Then the job id, its JSON (with *extra*), or its final line."""
+    if wait:
+        job = follow(repo, job_id, wake=wake, display=display)
+    else:
+        poke(wake, job_id)
+        job = repo.get(job_id)
+    if as_json:
+        line = json_text({**job.to_json(), **(extra or {})})
+    elif wait:
+        line = describe(job)
+    else:
+        line = str(job.id)
+    return Finished((line,), 1 if wait and job.state is not JobState.SUCCEEDED else 0)
+
+
+def finish_push_and_commit(
+    repo: FollowedQueue,
+    push_id: int,
+    *,
+    as_json: bool,
+    wake: Address,
+    extra: dict[str, Any],
+    display: DisplayFactory = terminal,
+) -> Finished:
+    """``push --commit --wait``: follow the push, then its commit job; exit 0 only if every
+    instance was delivered and committed."""
+    pushed = follow(repo, push_id, wake=wake, display=display)
+    commit_id = (pushed.result or {}).get("commit_job")
+    committed = (
+        follow(repo, int(commit_id), wake=wake, display=display) if commit_id is not None else None
+    )
+    if as_json:
+        lines: tuple[str, ...] = (
+            json_text(
+                {**pushed.to_json(), **extra, "commit": committed.to_json() if committed else None}
+            ),
+        )
+    else:
+        lines = (describe(pushed),) + ((describe(committed),) if committed is not None else ())
+    ok = committed is not None and committed.state is JobState.SUCCEEDED
+    return Finished(lines, 0 if ok else 1)

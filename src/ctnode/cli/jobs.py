@@ -20,6 +20,7 @@ from ctnode.cli.common import (
 from ctnode.config import Settings
 
 if TYPE_CHECKING:
+    from ctnode.follow import Finished
     from ctnode.queue.repository import JobRepository
 
 
@@ -34,22 +35,13 @@ def finish_job_command(
 ) -> None:
     """Print the job id (or JSON); with *wait*, follow it and exit 0 only if it succeeded.
     The node is woken either way (following wakes it too)."""
-    from ctnode.follow import describe, follow
-    from ctnode.queue.jobs import JobState
+    from ctnode.follow import finish_job
 
-    if wait:
-        job = follow(repo, job_id, wake=wake_address(settings))
-    else:
-        wake_node(settings, job_id)
-        job = repo.get(job_id)
-    if as_json:
-        emit_json({**job.to_json(), **(extra or {})})
-    elif wait:
-        typer.echo(describe(job))
-    else:
-        typer.echo(job.id)
-    if wait and job.state is not JobState.SUCCEEDED:
-        raise typer.Exit(1)
+    _print(
+        finish_job(
+            repo, job_id, wait=wait, as_json=as_json, wake=wake_address(settings), extra=extra
+        )
+    )
 
 
 def finish_push_and_commit(
@@ -57,23 +49,17 @@ def finish_push_and_commit(
 ) -> None:
     """``push --commit --wait``: follow the push, then its commit job; exit 0 only if every
     instance was delivered and committed."""
-    from ctnode.follow import describe, follow
-    from ctnode.queue.jobs import JobState
+    from ctnode.follow import finish_push_and_commit as finish
 
-    wake = wake_address(settings)
-    pushed = follow(repo, push_id, wake=wake)
-    commit_id = (pushed.result or {}).get("commit_job")
-    committed = follow(repo, int(commit_id), wake=wake) if commit_id is not None else None
-    if as_json:
-        emit_json(
-            {**pushed.to_json(), **extra, "commit": committed.to_json() if committed else None}
-        )
-    else:
-        typer.echo(describe(pushed))
-        if committed is not None:
-            typer.echo(describe(committed))
-    if committed is None or committed.state is not JobState.SUCCEEDED:
-        raise typer.Exit(1)
+    _print(finish(repo, push_id, as_json=as_json, wake=wake_address(settings), extra=extra))
+
+
+def _print(finished: Finished) -> None:
+    """Print what a submitting command ends with; exit with its code."""
+    for line in finished.lines:
+        typer.echo(line)
+    if finished.code:
+        raise typer.Exit(finished.code)
 
 
 def print_commitment(section: dict[str, Any]) -> None:
