@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from contextvars import ContextVar
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +25,12 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from ctnode.dicom.uids import ae_title_problem
 from ctnode.errors import ConfigError
@@ -32,6 +38,10 @@ from ctnode.yamlio import load_yaml_file
 
 ENV_PREFIX = "CTNODE_"
 CONFIG_ENV = "CTNODE_CONFIG"
+
+#: The environment ``Settings`` reads its ``CTNODE_*`` variables from while ``load_settings``
+#: runs with an *env* other than ``os.environ`` (another process's, for ``ctnode.handoff``).
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("ctnode_environ", default=None)
 
 
 class _Model(BaseModel):
@@ -266,6 +276,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Environment variables override the YAML file (which arrives as init values)."""
+        environ = _ENVIRON.get()
+        if environ is not None and isinstance(env_settings, EnvSettingsSource):
+            # Names are matched case-insensitively (case_sensitive=False), as from os.environ.
+            env_settings.env_vars = {name.lower(): value for name, value in environ.items()}
         return (env_settings, init_settings)
 
     @property
@@ -286,10 +300,12 @@ class Settings(BaseSettings):
         return self.source_file is None
 
 
-def embedded_defaults(cwd: Path | None = None) -> dict[str, Any]:
+def embedded_defaults(
+    cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Defaults when no configuration file is given: a loopback node that works out of the box."""
     base = cwd or Path.cwd()
-    state = os.environ.get("STATE_DIRECTORY")
+    state = (os.environ if env is None else env).get("STATE_DIRECTORY")
     data_dir = Path(state.split(":")[0]) if state else base / "var" / "ctnode"
     peers = base / "config" / "peers"
     routes = base / "config" / "routes"
@@ -329,22 +345,34 @@ def resolve_config_path(explicit: Path | None, env: Mapping[str, str] | None = N
     return Path(value) if value else None
 
 
-def load_settings(config: Path | None = None) -> Settings:
-    """Load settings (file, then ``CTNODE_*`` variables); ConfigError lists every problem."""
-    env = os.environ
-    path = resolve_config_path(config, env)
+def load_settings(
+    config: Path | None = None, *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Settings:
+    """Load settings (file, then ``CTNODE_*`` variables); ConfigError lists every problem.
+
+    By default as this process sees them; with *env* and *cwd*, as a process with that
+    environment and working directory would (a relative ``--config`` is taken from *cwd*;
+    relative paths inside the file stay relative).
+    """
+    environ = os.environ if env is None else env
+    path = resolve_config_path(config, environ)
     if path is None:
-        data = embedded_defaults()
+        data = embedded_defaults(cwd, environ)
         source = "embedded default"
     else:
+        if cwd is not None and not path.is_absolute():
+            path = cwd / path
         data = load_yaml_file(path)
         source = str(path)
+    token = _ENVIRON.set(None if env is None else dict(env))
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        problems = format_problems(exc, source, env)
+        problems = format_problems(exc, source, environ)
         raise ConfigError(
             f"{len(problems)} problem(s) in the configuration", problems=problems
         ) from None
+    finally:
+        _ENVIRON.reset(token)
     settings._source_file = path
     return settings

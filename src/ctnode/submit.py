@@ -53,6 +53,9 @@ if TYPE_CHECKING:
     from ctnode.scu.files import Skipped
     from ctnode.scu.move_request import MoveRequest
 
+#: The notice of a submission whose idempotency key named an existing job (``ctnode: ...``).
+EXISTING = "job {} already exists for this idempotency key"
+
 #: Receives each line worth telling a user before the job is written, in order (a skipped
 #: file, a peer that may not send commitment reports); ``ctnode`` prints them on stderr.
 Report = Callable[[str], None]
@@ -127,13 +130,14 @@ def retry_policy(settings: Settings, peer: Peer) -> RetryPolicy:
 
 
 def file_items(
-    paths: Sequence[Path], report: Report
+    paths: Sequence[Path], report: Report, cwd: Path | None = None
 ) -> tuple[list[NewItem], tuple[Skipped, ...], dict[str, Any]]:
-    """Every DICOM file under *paths* as an item, the files skipped (each reported) and the
-    job's ``source`` payload (the first 100 paths)."""
+    """Every DICOM file under *paths* (relative ones from *cwd*, default this process's
+    working directory) as an item, the files skipped (each reported) and the job's ``source``
+    payload (the first 100 paths, as given)."""
     from ctnode.scu.files import collect_files
 
-    items, skips = collect_files(paths)
+    items, skips = collect_files(paths, cwd)
     for skip in skips:
         report(f"skipped {skip.path}: {skip.reason}")
     return items, tuple(skips), {"source": "files", "paths": [str(p) for p in paths][:100]}
@@ -208,6 +212,7 @@ def submit_push(
     repository: JobRepository | None = None,
     wake: bool = True,
     report: Report = _discard,
+    cwd: Path | None = None,
 ) -> Submission:
     """Queue a C-STORE to *peer* of the DICOM files under *paths* (directories recursively;
     other files are skipped and reported) or of a study/series of the local store.
@@ -215,7 +220,8 @@ def submit_push(
     Give *paths* or *study*/*series*, not both. The peer must offer ``store`` (and ``commit``
     with *commit*, which requests storage commitment of exactly the delivered instances once
     the push succeeds). A push of files runs on this node; a push from a shared store
-    (``storage.shared``) may run on any node. *priority*: higher runs first.
+    (``storage.shared``) may run on any node. *priority*: higher runs first. Relative *paths*
+    are taken from *cwd* (default: this process's working directory).
     """
     target = outbound_peer(settings, peer, "store", *(("commit",) if commit else ()))
     if commit:
@@ -226,7 +232,7 @@ def submit_push(
     skipped: tuple[Skipped, ...] = ()
     node_name: str | None = settings.node.name
     if paths:
-        items, skipped, source = file_items(paths, report)
+        items, skipped, source = file_items(paths, report, cwd)
     else:
         items, source, node_name = _store_selection(settings, repository, study, series)
     if not items:

@@ -68,8 +68,14 @@ def probe_file(path: Path) -> NewItem | Skipped:
     return NewItem(*uids, str(path.absolute()))
 
 
-def collect_files(paths: Iterable[Path]) -> tuple[list[NewItem], list[Skipped]]:
-    """Every DICOM file under *paths* (directories recursively, sorted); the rest skipped."""
+def collect_files(
+    paths: Iterable[Path], cwd: Path | None = None
+) -> tuple[list[NewItem], list[Skipped]]:
+    """Every DICOM file under *paths* (directories recursively, sorted); the rest skipped.
+
+    Relative *paths* are taken from *cwd* when given (another process's working directory),
+    and a skipped file is named as it would be from there: as given, under the path given.
+    """
     items: list[NewItem] = []
     skipped: list[Skipped] = []
 
@@ -83,13 +89,16 @@ def collect_files(paths: Iterable[Path]) -> tuple[list[NewItem], list[Skipped]]:
             yield path
 
     for top in paths:
-        if not top.exists():
+        real = top if cwd is None else cwd / top
+        if not real.exists():
             skipped.append(Skipped(str(top), "does not exist"))
             continue
-        for path in walk(top):
+        for path in walk(real):
             probed = probe_file(path)
-            if isinstance(probed, Skipped):
+            if isinstance(probed, NewItem):
+                items.append(probed)
+            elif cwd is None:
                 skipped.append(probed)
             else:
-                items.append(probed)
+                skipped.append(Skipped(str(top / path.relative_to(real)), probed.reason))
     return items, skipped
