@@ -207,6 +207,29 @@ class RssSampler:
         self._thread.join()
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size of *pid* (/proc/PID/smaps_rollup): shared pages split among the
+    processes mapping them, so the sum over a process tree is what the tree costs."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+class PssSampler(RssSampler):
+    """Samples the summed PSS of a process tree (every process counted: a node's ingest
+    workers, storescp's per-association children)."""
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for pid in [self.pid, *descendants(self.pid)]:
+                with contextlib.suppress(OSError):
+                    total += pss_kib(pid)
+            self.peak_kib = max(self.peak_kib, total)
+            self._stop.wait(self.interval)
+
+
 # ------------------------------------------------------------------ servers
 
 
@@ -447,14 +470,17 @@ def send_parallel(
     batches: Sequence[Sequence[Path]],
     *,
     sample_tree_rss: bool = False,
+    sample_tree_pss: bool = False,
 ) -> Run:
-    """Run one storescu per batch at once into *server*; measure wall, server CPU and RSS."""
+    """Run one storescu per batch at once into *server*; measure wall, server CPU and RSS
+    (and, with *sample_tree_pss*, the peak summed PSS of its process tree: ``extra["pss_kib"]``)."""
     nbytes = sum(f.stat().st_size for batch in batches for f in batch)
     images = sum(len(b) for b in batches)
     sampler = RssSampler(server.pid) if sample_tree_rss else None
+    pss = PssSampler(server.pid, interval=0.2) if sample_tree_pss else None
     cpu_before = server.cpu_seconds()
     busy_before, own_before = system_busy_seconds(), own_cpu_seconds()
-    with sampler or contextlib.nullcontext():
+    with sampler or contextlib.nullcontext(), pss or contextlib.nullcontext():
         started = time.perf_counter()
         procs = [
             subprocess.Popen(
@@ -482,6 +508,8 @@ def send_parallel(
         rss = max(rss, sampler.peak_kib)
     run = Run(images, nbytes, wall, server_cpu, rss)
     run.extra["sender_cpu_s"] = senders
+    if pss is not None:
+        run.extra["pss_kib"] = pss.peak_kib
     # Everything else the machine did meanwhile (other users, kernel writeback): the noise.
     run.extra["other_cpus"] = max(0.0, busy - server_cpu - senders) / wall
     return run

@@ -6,12 +6,17 @@ Per repetition, in rotating order, each on a fresh process and data directory:
 * ctnode, 4 storescu senders of 150 instances each at once;
 * DCMTK ``storescp --fork``, the same 4 senders (reference: storescp without ``--fork`` serves
   one association at a time);
-* ctnode, 8 senders of 75 instances each (peak RSS on 8 concurrent associations);
+* ctnode, 8 senders of 75 instances each (memory on 8 concurrent associations);
+* ctnode with ``storage.ingest_processes`` N (``--ingest-processes``, default 2), 4 and 8
+  senders: the concurrent associations' ingests placed by worker processes on both cores;
 * unless ``--no-peers``: Orthanc with ``SyncStorageArea`` (multi-threaded: 4 DICOM threads by
   default) and the pynetdicom SCP of ``bench/pynetdicom_scp.py`` (a thread per association), each
   with the same 4 senders. Every server must have stored every instance, else the benchmark fails.
 
-    python -m bench.concurrent [--reps 5] [--count 600] [--quick] [--baseline REV] [--no-peers]
+Memory: the peak summed proportional set size (PSS) of the server's process tree.
+
+    python -m bench.concurrent [--reps 5] [--count 600] [--quick] [--baseline REV]
+                               [--ingest-processes N] [--no-peers] [--no-peers]
 """
 
 from __future__ import annotations
@@ -45,15 +50,24 @@ SINGLE = "ctnode 1 association"
 FOUR = "ctnode 4 associations"
 DCMTK_FOUR = "storescp --fork 4 assoc. (no fsync)"
 EIGHT = "ctnode 8 associations"
+FOUR_P = "ctnode 4 assoc., {n} ingest processes"
+EIGHT_P = "ctnode 8 assoc., {n} ingest processes"
 ORTHANC_FOUR = "Orthanc 4 assoc. (SyncStorageArea)"
 PYNETDICOM_FOUR = "pynetdicom SCP 4 assoc. (fsync)"
 
 
-def run_ctnode(series: Series, senders: int, src: Path | None = None) -> Run:
-    """*senders* storescu at once into a fresh ctnode (this checkout's, or the one in *src*)."""
-    with run_dir(f"ctnode{senders}") as work, CtnodeServer(work, src=src) as server:
+def run_ctnode(
+    series: Series, senders: int, src: Path | None = None, ingest_processes: int = 0
+) -> Run:
+    """*senders* storescu at once into a fresh ctnode (this checkout's, or the one in *src*)
+    with *ingest_processes* worker processes; the PSS of the node and its workers is sampled."""
+    config = {"storage": {"ingest_processes": ingest_processes}} if ingest_processes else None
+    with (
+        run_dir(f"ctnode{senders}") as work,
+        CtnodeServer(work, src=src, config=config) as server,
+    ):
         server.start()
-        run = send_parallel(server, CTNODE_AE, series.split(senders))
+        run = send_parallel(server, CTNODE_AE, series.split(senders), sample_tree_pss=True)
         durations = server.store_durations_ms()
         if durations:
             run.extra["store_ms"] = statistics.median(durations)
@@ -70,7 +84,9 @@ def run_storescp_fork(series: Series, senders: int) -> Run:
     """*senders* storescu at once into a fresh ``storescp --fork``."""
     with run_dir("storescp-fork") as work, StorescpServer(work, fork=True) as server:
         server.start()
-        run = send_parallel(server, DCMTK_AE, series.split(senders), sample_tree_rss=True)
+        run = send_parallel(
+            server, DCMTK_AE, series.split(senders), sample_tree_rss=True, sample_tree_pss=True
+        )
         if server.stored() != len(series.files):
             raise RuntimeError(f"storescp wrote {server.stored()} of {len(series.files)} files")
         return run
@@ -95,6 +111,13 @@ def main(argv: list[str] | None = None) -> str:
         default=[],
         help="also run ctnode as of git revision REV, 1 and 4 associations (repeatable)",
     )
+    parser.add_argument(
+        "--ingest-processes",
+        type=int,
+        default=2,
+        metavar="N",
+        help="also run ctnode with storage.ingest_processes N, 4 and 8 senders (0: not)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 64 instances, 2 reps")
     parser.add_argument(
         "--peers",
@@ -114,6 +137,17 @@ def main(argv: list[str] | None = None) -> str:
         EIGHT: partial(run_ctnode, series, 8),
     }
     extra_ratios: list[tuple[str, str, str, float | None]] = []
+    four_p = eight_p = None
+    if args.ingest_processes:
+        n = args.ingest_processes
+        four_p, eight_p = FOUR_P.format(n=n), EIGHT_P.format(n=n)
+        plan[four_p] = partial(run_ctnode, series, 4, None, n)
+        plan[eight_p] = partial(run_ctnode, series, 8, None, n)
+        extra_ratios += [
+            (f"ratio {four_p}/storescp --fork 4 assoc. (target ≥ 1.0)", four_p, DCMTK_FOUR, 1.0),
+            (f"ratio {four_p}/ctnode 1 association (target ≥ 1.8)", four_p, SINGLE, 1.8),
+            (f"ratio {four_p}/ctnode 4 associations", four_p, FOUR, None),
+        ]
     if args.peers:
         plan[ORTHANC_FOUR] = partial(run_peer, OrthancServer, series, 4)
         plan[PYNETDICOM_FOUR] = partial(run_peer, PynetdicomServer, series, 4)
@@ -160,7 +194,7 @@ def main(argv: list[str] | None = None) -> str:
         title,
         groups,
         ratios=[
-            ("ratio ctnode 4 assoc./1 assoc. images/s (paired reps)", FOUR, SINGLE, 1.5),
+            ("ratio ctnode 4 assoc./1 assoc. images/s (paired reps)", FOUR, SINGLE, 1.8),
             (
                 "ratio ctnode 4 assoc./storescp --fork 4 assoc. (paired reps)",
                 FOUR,
@@ -170,8 +204,13 @@ def main(argv: list[str] | None = None) -> str:
             *extra_ratios,
         ],
         notes=[
-            "target: ctnode peak RSS ≤ 150 MiB with 8 concurrent associations (row "
-            f"'{EIGHT}', VmHWM of a fresh process)",
+            "target: ctnode ≤ 150 MiB proportional set size with 8 concurrent associations, "
+            "every process counted (peak of the summed PSS, sampled every 0.2 s): "
+            + "; ".join(
+                f"{label} {statistics.median(pss) / 1024:.0f} MiB"
+                for label, runs in groups.items()
+                if (pss := [r.extra["pss_kib"] for r in runs if "pss_kib" in r.extra])
+            ),
             "storescp --fork: RSS is the sampled peak of the summed VmRSS of the parent and its "
             "per-association children; CPU includes the children",
             *(DURABILITY_NOTES if args.peers else ()),
