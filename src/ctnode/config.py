@@ -153,7 +153,8 @@ class StorageSettings(_Model):
 
     @property
     def run_dir(self) -> Path:
-        """``<data_dir>/run``: the running node's wake socket (``wake.sock``)."""
+        """``<data_dir>/run``: the running node's wake and hand-off sockets (``wake.sock``,
+        ``submit.sock``)."""
         return self.data_dir / "run"
 
 

@@ -30,6 +30,7 @@ from ctnode.db.engine import session_factory
 from ctnode.db.opening import open_database
 from ctnode.dicom.contexts import Service, storage_classes
 from ctnode.errors import ConfigError
+from ctnode.handoff.server import HandoffServer
 from ctnode.index import IndexReader
 from ctnode.ingest_processes import attach, ingest_pool
 from ctnode.logs import get_logger
@@ -392,6 +393,7 @@ async def supervise(
         health.start()
         log.info("metrics.listening", bind=settings.metrics.bind, port=health.port)
     wake = _open_wake_channel(runtime)  # before daemon.ready: scripts submit right after it
+    handoff = _open_handoff(runtime)
     log.info(
         "daemon.ready",
         ae_title=settings.node.ae_title,
@@ -433,6 +435,9 @@ async def supervise(
     )
     stop_workers.set()  # attempts stop at the next item boundary and are released
     runtime.server.stop_accepting()
+    if handoff is not None:  # no new submission; followers follow through the database
+        asyncio.get_running_loop().remove_reader(handoff.fileno())
+        handoff.stop()
     idle = await asyncio.to_thread(runtime.server.wait_idle, settings.node.shutdown_grace)
     if not idle:
         log.warning("daemon.grace_expired", aborted=runtime.server.active)
@@ -447,6 +452,10 @@ async def supervise(
         await asyncio.wait_for(workers, settings.node.shutdown_grace)
     except TimeoutError:
         log.warning("daemon.workers_grace_expired", running_jobs=runtime.workers.busy)
+    if handoff is not None and not await asyncio.to_thread(
+        handoff.wait, settings.node.shutdown_grace
+    ):
+        log.warning("handoff.grace_expired")
     if wake is not None:
         asyncio.get_running_loop().remove_reader(wake.fileno())
         wake.close()
@@ -479,6 +488,22 @@ def _open_wake_channel(runtime: Runtime) -> WakeListener | None:
     asyncio.get_running_loop().add_reader(listener.fileno(), listener.drain)
     workers.on_concluded = listener.notify
     return listener
+
+
+def _open_handoff(runtime: Runtime) -> HandoffServer | None:
+    """Listen on ``<data_dir>/run/submit.sock``: ``ctnode push`` hands its submission to this
+    node instead of starting the whole stack itself. Without it (bind failed) every push takes
+    the ordinary path."""
+    server = HandoffServer(runtime.settings, runtime.repo, threads=runtime.settings.queue.workers)
+    if not server.open():
+        log.warning(
+            "handoff.unavailable",
+            address=str(server.address),
+            detail="ctnode push starts the whole stack itself",
+        )
+        return None
+    asyncio.get_running_loop().add_reader(server.fileno(), server.accept)
+    return server
 
 
 def run(settings: Settings) -> int:

@@ -7,7 +7,7 @@ prints the job id, its JSON, or — with ``--wait`` — follows it to the end.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,6 +17,7 @@ from ctnode.cli.common import (
     emit_json,
     fail,
     notice,
+    open_repo,
     print_table,
     settings_of,
     wake_address,
@@ -24,6 +25,8 @@ from ctnode.cli.common import (
 from ctnode.cli.jobs import finish_job_command, finish_push_and_commit
 
 if TYPE_CHECKING:
+    from ctnode.config import Settings
+    from ctnode.queue.repository import JobRepository
     from ctnode.submit import Submission
 
 PathsArg = Annotated[list[Path] | None, typer.Argument(help="Files or directories (recursive).")]
@@ -43,11 +46,11 @@ KeysOpt = Annotated[
     ),
 ]
 
-EXISTING = "job {} already exists for this idempotency key"
-
 
 def _job_id(submission: Submission) -> int:
     """The submitted job's id, with a notice when its idempotency key named an existing job."""
+    from ctnode.submit import EXISTING
+
     if not submission.created:
         notice(EXISTING.format(submission.job.id))
     return submission.job.id
@@ -92,14 +95,34 @@ def push(
     )
     job_id = _job_id(submission)
     extra = {"skipped": [{"path": s.path, "reason": s.reason} for s in submission.skipped]}
-    if commit_after and wait:
-        finish_push_and_commit(
-            settings, submission.repository, job_id, as_json=as_json, extra=extra
-        )
-        return
-    finish_job_command(
-        settings, submission.repository, job_id, wait=wait, as_json=as_json, extra=extra
+    finish_push(
+        settings,
+        job_id,
+        wait=wait,
+        commit=commit_after,
+        as_json=as_json,
+        extra=extra,
+        repository=submission.repository,
     )
+
+
+def finish_push(
+    settings: Settings,
+    job_id: int,
+    *,
+    wait: bool,
+    commit: bool,
+    as_json: bool,
+    extra: dict[str, Any],
+    repository: JobRepository | None = None,
+) -> None:
+    """The end of ``push`` once its job is written: print the id or JSON, or follow it
+    (``--wait``; with ``--commit``, its commit job too) and exit 0 only if all went well."""
+    repo = repository or open_repo(settings)
+    if commit and wait:
+        finish_push_and_commit(settings, repo, job_id, as_json=as_json, extra=extra)
+        return
+    finish_job_command(settings, repo, job_id, wait=wait, as_json=as_json, extra=extra)
 
 
 def commit(
