@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import itertools
 import multiprocessing
 import os
@@ -127,6 +128,11 @@ class IngestPool:
         the child for good): then, as for every replacement, a fresh interpreter is started.
         """
         fork = threading.active_count() == 1
+        if fork:
+            # The node's objects so far go to the permanent generation: a worker's collections
+            # neither walk them (a full collection of the inherited heap per few hundred
+            # places) nor write to their pages (which would unshare them).
+            gc.freeze()
         for _ in range(self.size):
             self._workers.append(self._spawn(fork=fork))
 

@@ -27,14 +27,18 @@ def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str) -> 
     return PurePosixPath(study_uid, series_uid, f"{sop_instance_uid}.dcm")
 
 
-def contained_path(root: Path, relative: PurePosixPath | str) -> Path:
-    """``root / relative``; ValueError if the result would leave *root*."""
+def contained_path(
+    root: Path, relative: PurePosixPath | str, resolved_root: Path | None = None
+) -> Path:
+    """``root / relative``; ValueError if the result would leave *root* (symbolic links
+    followed). *resolved_root*: ``root.resolve()``, when the caller keeps it (the store's root
+    is resolved once, not for every object)."""
     parts = str(relative).split("/")
     if any(part in ("", ".", "..") or "\x00" in part for part in parts):
         raise ValueError(f"path {str(relative)!r} is not a plain relative path")
-    rel = PurePosixPath(*parts)
-    path = root.joinpath(*rel.parts)
-    if not path.resolve(strict=False).is_relative_to(root.resolve(strict=False)):
+    path = root.joinpath(*parts)
+    base = resolved_root if resolved_root is not None else root.resolve(strict=False)
+    if not path.resolve(strict=False).is_relative_to(base):
         raise ValueError(f"path {str(relative)!r} leaves {root}")
     return path
 

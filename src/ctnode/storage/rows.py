@@ -15,9 +15,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine, Table, bindparam, insert, select
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from ctnode.db.engine import READ_ONLY
 from ctnode.db.models import Instance, RouteArrival
 from ctnode.db.types import utcnow
 from ctnode.dicom import scan as tags
@@ -36,7 +35,7 @@ _SELECT_EXISTING = select(
     _INSTANCES.c.study_instance_uid,
     _INSTANCES.c.series_instance_uid,
 ).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
-_INSERT_INSTANCE = insert(_INSTANCES)
+_INSTANCES_TABLE: Table = _INSTANCES
 _ROUTE_ARRIVALS_TABLE = RouteArrival.__table__
 assert isinstance(_ROUTE_ARRIVALS_TABLE, Table)
 _ROUTE_ARRIVALS: Table = _ROUTE_ARRIVALS_TABLE
@@ -80,23 +79,45 @@ class ExistingRow:
     series_instance_uid: str
 
 
-def find_existing(engine: Engine, sop_instance_uid: str) -> ExistingRow | None:
-    """The row holding *sop_instance_uid* (removed or not), or None; SQLAlchemyError propagates.
+class ExistingLookup:
+    """The row holding an incoming SOP Instance UID (removed or not), or None.
 
-    A read-only transaction: on SQLite it neither takes nor waits for the write lock.
+    One compiled statement run on a pooled driver connection, outside any transaction (one
+    SELECT is atomic by itself; on SQLite it neither takes nor waits for the write lock): the
+    receive path asks this for every object, and SQLAlchemy's per-execution work cost more
+    than the query. Driver errors are raised as SQLAlchemy's (``is_unavailable`` applies).
     """
-    with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
-        row = conn.execute(_SELECT_EXISTING, {"uid": sop_instance_uid}).first()
-    if row is None:
-        return None
-    return ExistingRow(
-        row.id,
-        row.sha256,
-        row.path,
-        row.deleted_at,
-        row.study_instance_uid,
-        row.series_instance_uid,
-    )
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect
+        compiled = _SELECT_EXISTING.compile(dialect=dialect)
+        self._sql = compiled.string
+        self._positional = bool(compiled.positional)
+        self._deleted_at = _INSTANCES.c.deleted_at.type.result_processor(dialect, None)
+
+    def __call__(self, sop_instance_uid: str) -> ExistingRow | None:
+        params: Any = (sop_instance_uid,) if self._positional else {"uid": sop_instance_uid}
+        dbapi = self.engine.dialect.loaded_dbapi
+        try:
+            conn = self.engine.raw_connection()
+            try:
+                cursor = conn.cursor()
+                try:
+                    cursor.execute(self._sql, params)
+                    row = cursor.fetchone()
+                finally:
+                    cursor.close()
+            finally:
+                conn.close()  # back to the pool (which rolls back what a driver began)
+        except dbapi.Error as exc:
+            raise DBAPIError.instance(
+                self._sql, params, exc, dbapi.Error, dialect=self.engine.dialect
+            ) from exc
+        if row is None:
+            return None
+        deleted_at = row[3] if self._deleted_at is None else self._deleted_at(row[3])
+        return ExistingRow(row[0], row[1], row[2], deleted_at, row[4], row[5])
 
 
 def _int_or_none(raw: str | None) -> int | None:
@@ -222,6 +243,7 @@ class GroupCommit:
         self._queue: list[_PendingRow] = []
         self._busy = False
         self._decided_inserts: dict[tuple[str, ...], PreparedInsert] = {}
+        self._instance_inserts: dict[tuple[str, ...], PreparedInsert] = {}
 
     def insert(self, values: dict[str, Any], decided: dict[str, Any] | None = None) -> None:
         """Insert one row (and its *decided* ``route_arrivals`` row) and commit it (durably,
@@ -264,10 +286,19 @@ class GroupCommit:
 
     def _transaction(self, rows: list[_PendingRow]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(_INSERT_INSTANCE, [row.values for row in rows])
+            self._instance_insert(tuple(rows[0].values)).execute(conn, [r.values for r in rows])
             decided = [row.decided for row in rows if row.decided is not None]
             if decided:
                 self._decided_insert(tuple(decided[0])).execute(conn, decided)
+
+    def _instance_insert(self, keys: tuple[str, ...]) -> PreparedInsert:
+        """The ``instances`` insert for rows with *keys* (``row_values`` gives every row the
+        same)."""
+        prepared = self._instance_inserts.get(keys)
+        if prepared is None:
+            prepared = PreparedInsert(_INSTANCES_TABLE, keys, self.engine.dialect)
+            self._instance_inserts[keys] = prepared
+        return prepared
 
     def _decided_insert(self, keys: tuple[str, ...]) -> PreparedInsert:
         """The ``route_arrivals`` insert for rows with *keys* (every decided row has the same)."""

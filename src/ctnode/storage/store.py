@@ -15,10 +15,10 @@ file through a ``Reception`` (``Store.receive``); once complete, ``Store`` inges
 
 and only then answers Success. Steps 1–3 (``Store.place``) may run in an ingest worker process
 (``storage.ingest_pool``, ``storage.ingest_processes``) when another ingest is in flight; the
-per-UID lock and step 4 always run in the node's process. The spool link is removed afterwards. A crash at any point leaves
-either nothing in ``store/`` or a spool file that ``recovery.recover_spool`` (run at start-up)
-resolves by comparing it with the index: committed objects keep their store file, uncommitted
-ones are removed.
+per-UID lock and step 4 always run in the node's process. The spool link is removed
+afterwards. A crash at any point leaves either nothing in ``store/`` or a spool file that
+``recovery.recover_spool`` (run at start-up) resolves by comparing it with the index: committed
+objects keep their store file, uncommitted ones are removed.
 """
 
 from __future__ import annotations
@@ -48,7 +48,13 @@ from ctnode.logs import get_logger
 from ctnode.storage.paths import SPOOL_SUFFIX, contained_path, instance_relpath, quarantine_name
 from ctnode.storage.reception import Reception
 from ctnode.storage.recovery import recover_spool
-from ctnode.storage.rows import Decisions, ExistingRow, GroupCommit, find_existing, row_values
+from ctnode.storage.rows import (
+    Decisions,
+    ExistingLookup,
+    ExistingRow,
+    GroupCommit,
+    row_values,
+)
 from ctnode.storage.spool import SpoolFile, fsync_dir, start_writeback
 from ctnode.storage.values import (
     IngestResult,
@@ -76,11 +82,13 @@ class Store:
         self.sessions = sessions
         self.engine: Engine = sessions.kw["bind"]
         self.index = GroupCommit(self.engine)
+        self._lookup = ExistingLookup(self.engine)
         self.node_name = node_name
         self.root = settings.store_dir
         self.spool = settings.spool_dir
         self.quarantine = settings.quarantine_dir
         self._known_dirs: set[Path] = set()
+        self._root_resolved: Path | None = None
         self._dirs_lock = threading.Lock()
         self._uid_locks = [threading.Lock() for _ in range(64)]
         #: Rows decided at ingest with each new instance (routing): committed with its row.
@@ -94,12 +102,20 @@ class Store:
             | None
         ) = None
 
+    def _resolved_root(self) -> Path:
+        """``store/`` with its symbolic links resolved, once (it exists after ``prepare``)."""
+        resolved = self._root_resolved
+        if resolved is None:
+            resolved = self._root_resolved = self.root.resolve(strict=False)
+        return resolved
+
     # -- start-up -------------------------------------------------------------------
 
     def prepare(self) -> int:
         """Create the directories and resolve spool leftovers; returns how many were found."""
         for directory in (self.settings.data_dir, self.root, self.spool, self.quarantine):
             directory.mkdir(parents=True, exist_ok=True)
+        self._root_resolved = None  # resolved again now that it exists
         return recover_spool(self.spool, self.root, self.sessions)
 
     # -- receive --------------------------------------------------------------------
@@ -243,11 +259,11 @@ class Store:
         self, spool: SpoolFile, scan: ScanResult, relpath: PurePosixPath
     ) -> IngestResult | Placed:
         rel = relpath.as_posix()
-        target = contained_path(self.root, relpath)
+        target = contained_path(self.root, relpath, self._resolved_root())
         study = scan.text(tags.STUDY_INSTANCE_UID)
         series = scan.text(tags.SERIES_INSTANCE_UID)
         try:
-            existing = find_existing(self.engine, spool.request.sop_instance_uid)
+            existing = self._lookup(spool.request.sop_instance_uid)
         except SQLAlchemyError as exc:
             return self._db_failure(exc)
         if existing is not None:
