@@ -9,11 +9,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from ctnode.db.engine import READ_ONLY
 from ctnode.progress import Display, DisplayFactory, Snapshot, terminal
 from ctnode.queue.jobs import Job, JobKind, JobState
+from ctnode.queue.nodes import NodeLiveness
+from ctnode.queue.reads import JobReader
 from ctnode.queue.wakeup import Address, FollowChannel, poke
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 #: How long a job may stay queued with no live node before the user is told.
 NO_NODE_WARNING_AFTER = 5.0
@@ -27,6 +33,17 @@ class FollowedQueue(Protocol):
 
     def live_nodes(self, within: float = 30.0) -> list[str]:
         """Nodes seen within *within* seconds (``queue.nodes.NodeLiveness.live_nodes``)."""
+
+
+class _Watch(JobReader, NodeLiveness):
+    """The reads of following, in read-only transactions."""
+
+
+def watch(engine: Engine) -> FollowedQueue:
+    """What following reads, on *engine* in read-only transactions: on SQLite a plain BEGIN,
+    which neither takes nor waits for the write lock, so a follower polling its job never
+    holds up the job's own writes (or the receive path's)."""
+    return _Watch(engine.execution_options(**{READ_ONLY: True}))
 
 
 def describe(job: Job) -> str:

@@ -12,10 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ruamel.yaml import YAML
 
 import ctnode
 from ctnode.config import load_settings
-from ctnode.handoff.client import PushArgs, guess_run_dir, parse, request, settings_environment
+from ctnode.handoff.client import (
+    DEFAULT_DATA_DIR,
+    UNSURE,
+    PushArgs,
+    file_data_dir,
+    guess_run_dir,
+    parse,
+    plain_data_dir,
+    request,
+    settings_environment,
+)
 from ctnode.handoff.server import Identity, PushRequest, refusal
 from ctnode.handoff.wire import MAX_LINE, PROTOCOL, Closed, Reader, encode, submit_address
 from ctnode.progress import Snapshot
@@ -156,7 +167,7 @@ def test_the_guess_is_where_the_settings_put_the_run_dir(
     [
         ("storage: [1]\n", {}),
         ("storage:\n  data_dir: 5\n", {}),
-        ("a: [1, 2\n", {}),
+        ("storage:\n  data_dir: [1, 2\n", {}),
         ("", {"CTNODE_STORAGE": '{"data_dir": "/x"}'}),
         ("", {"CTNODE_STORAGE__DATA_DIR": "/x", "ctnode_storage__data_dir": "/y"}),
     ],
@@ -169,6 +180,60 @@ def test_no_guess_when_the_settings_are_not_simple(
     _write(tmp_path / "c.yaml", config)
     assert guess_run_dir("c.yaml", env, tmp_path) is None
     assert guess_run_dir("missing.yaml", {}, tmp_path) is None
+
+
+PLAIN_DOCUMENTS = [
+    "",
+    "# nothing\n",
+    "storage:\n  data_dir: /srv/ctnode\n",
+    "storage:\n  data_dir: /srv/ctnode   # where it all goes\n  shared: false\n",
+    "node:\n  ae_title: X\n  data_dir: /not/this\nstorage:\n  min_free_bytes: 1GiB\n"
+    "  data_dir: rel/dir\npeers_dir: /etc/p\n",
+    "storage:\n    commitment_peers:\n      - a\n    data_dir: /four#spaces\n",
+    "storage:\n  nested:\n    data_dir: /not/this\n",
+    "peers_dir: /etc/p\n",
+    "storage:\n  data_dir: /x\r\n",
+    "storage:\n  data_dir: '/quoted'\n",
+    'storage:\n  data_dir: "/double"\n',
+    "storage: {data_dir: /flow}\n",
+    "{storage: {data_dir: /flow}}\n",
+    "---\nstorage:\n  data_dir: /doc\n",
+    "storage:\n  data_dir: /a\n    continued\n",
+    "storage:\n  data_dir: /a\n  data_dir: /b\n",
+    "storage:\n  data_dir: /a\nstorage:\n  data_dir: /b\n",
+    "storage:\n\tdata_dir: /tab\n",
+    "storage:\n  data_dir: &anchor /x\n",
+    "storage:\n  data_dir: !!str /x\n",
+    "storage:\n  data_dir: |\n    /block\n",
+    "storage:\n  data_dir:\n",
+    "storage:\n  data_dir: null\n",
+    "storage:\n  data_dir: 5\n",
+    "storage:\n  ? data_dir\n  : /complex\n",
+    "storage:\n  data_dir:/no-space\n",
+    '"storage":\n  data_dir: /quoted-key\n',
+    "- a\n- b\n",
+]
+
+
+@pytest.mark.parametrize("text", PLAIN_DOCUMENTS)
+def test_the_plain_reading_agrees_with_the_yaml_loader(tmp_path: Path, text: str) -> None:
+    """Whenever ``plain_data_dir`` gives an answer, it is the YAML loader's (ruamel, YAML 1.2)
+    ``storage.data_dir`` or the default; otherwise it says UNSURE and the loader is used."""
+    path = _write(tmp_path / "c.yaml", text)
+    plain = plain_data_dir(text)
+    if plain is UNSURE:
+        return
+    data = YAML(typ="safe", pure=True).load(text) or {}
+    assert plain == data.get("storage", {}).get("data_dir", DEFAULT_DATA_DIR)
+    assert file_data_dir(path) == plain
+
+
+def test_the_plain_reading_takes_the_usual_files() -> None:
+    """The shipped example and the files tests and benchmarks write are read the plain way."""
+    shipped = (Path(__file__).resolve().parents[2] / "config" / "ctnode.yaml").read_text()
+    assert plain_data_dir(shipped) == "/var/lib/ctnode"
+    for text in PLAIN_DOCUMENTS[:9]:
+        assert plain_data_dir(text) is not UNSURE, text
 
 
 def test_the_settings_environment_is_ctnodes_variables() -> None:

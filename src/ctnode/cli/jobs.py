@@ -35,11 +35,16 @@ def finish_job_command(
 ) -> None:
     """Print the job id (or JSON); with *wait*, follow it and exit 0 only if it succeeded.
     The node is woken either way (following wakes it too)."""
-    from ctnode.follow import finish_job
+    from ctnode.follow import finish_job, watch
 
     _print(
         finish_job(
-            repo, job_id, wait=wait, as_json=as_json, wake=wake_address(settings), extra=extra
+            watch(repo.engine),
+            job_id,
+            wait=wait,
+            as_json=as_json,
+            wake=wake_address(settings),
+            extra=extra,
         )
     )
 
@@ -50,8 +55,10 @@ def finish_push_and_commit(
     """``push --commit --wait``: follow the push, then its commit job; exit 0 only if every
     instance was delivered and committed."""
     from ctnode.follow import finish_push_and_commit as finish
+    from ctnode.follow import watch
 
-    _print(finish(repo, push_id, as_json=as_json, wake=wake_address(settings), extra=extra))
+    wake = wake_address(settings)
+    _print(finish(watch(repo.engine), push_id, as_json=as_json, wake=wake, extra=extra))
 
 
 def _print(finished: Finished) -> None:

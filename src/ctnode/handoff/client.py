@@ -142,17 +142,7 @@ def guess_run_dir(config: str | None, env: Mapping[str, str], cwd: Path) -> Path
         state = env.get("STATE_DIRECTORY")
         data_dir = state.split(":")[0] if state else str(cwd / "var" / "ctnode")
     else:
-        from ctnode.errors import ConfigError
-        from ctnode.yamlio import load_yaml_file
-
-        try:
-            data = load_yaml_file(cwd / path)
-        except ConfigError:
-            return None
-        storage = data.get("storage", {})
-        if not isinstance(storage, dict):
-            return None
-        data_dir = storage.get("data_dir", DEFAULT_DATA_DIR)
+        data_dir = file_data_dir(cwd / path)
     names = {name.lower(): value for name, value in env.items()}
     if len(names) != len(env) or "ctnode_storage" in names:
         return None  # a name given in two cases, or the whole section as JSON
@@ -160,6 +150,78 @@ def guess_run_dir(config: str | None, env: Mapping[str, str], cwd: Path) -> Path
     if not isinstance(data_dir, str) or not data_dir:
         return None
     return cwd / data_dir / "run"
+
+
+def file_data_dir(path: Path) -> object:
+    """``storage.data_dir`` as the configuration file *path* gives it (``DEFAULT_DATA_DIR``
+    when it gives none): read by ``plain_data_dir`` when the file is plain enough, else by the
+    YAML loader the settings use; None when the file cannot be read or is not a mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    plain = plain_data_dir(text)
+    if plain is not UNSURE:
+        return plain
+    from ctnode.errors import ConfigError
+    from ctnode.yamlio import load_yaml_file
+
+    try:
+        data = load_yaml_file(path)
+    except ConfigError:
+        return None
+    storage = data.get("storage", {})
+    return storage.get("data_dir", DEFAULT_DATA_DIR) if isinstance(storage, dict) else None
+
+
+#: ``plain_data_dir`` could not tell.
+UNSURE = object()
+#: What a plain value may not start with (quotes, flow collections, anchors, aliases, tags,
+#: block scalars, reserved indicators).
+_NOT_PLAIN = tuple("\"'{}[]&*!|>@%`#,?-")
+
+
+def plain_data_dir(text: str) -> object:
+    """``storage.data_dir`` of a YAML document written the plain way (``storage:`` at the left
+    margin, ``data_dir: VALUE`` on one line among its keys, VALUE a plain scalar),
+    ``DEFAULT_DATA_DIR`` when such a document has no ``storage`` or no ``data_dir``; UNSURE
+    for anything else (the YAML loader reads it then). This saves the command loading the YAML
+    library; it never has to be right, only mostly: the node checks the settings exactly."""
+    found: object = None
+    seen_storage = in_storage = after_value = False
+    child_indent = -1
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        content = line.lstrip(" ")
+        if not content or content.startswith("#"):
+            continue
+        indent = len(line) - len(content)
+        if "\t" in line or (after_value and indent > child_indent):
+            return UNSURE  # a tab, or a value continued on the next line
+        after_value = False
+        if in_storage and indent > 0 and child_indent < 0:
+            child_indent = indent
+        key, colon, rest = content.partition(":")
+        if not colon or not key.replace("_", "a").isalnum() or (rest and rest[0] != " "):
+            if indent == 0 or (in_storage and indent == child_indent):
+                return UNSURE  # not a plain "key: value" where it matters
+            continue
+        value = rest.split(" #", 1)[0].strip()
+        if indent == 0:
+            in_storage = key == "storage"
+            if in_storage and (seen_storage or value):
+                return UNSURE  # twice, or a flow mapping / scalar
+            seen_storage = seen_storage or in_storage
+            child_indent = -1
+            continue
+        if not in_storage or indent != child_indent or key != "data_dir":
+            continue
+        if found is not None or not value or value.startswith(_NOT_PLAIN):
+            return UNSURE
+        if value.lower() in ("null", "~", "true", "false") or value[0].isdigit():
+            return UNSURE
+        found, after_value = value, True
+    return DEFAULT_DATA_DIR if found is None else found
 
 
 def request(args: PushArgs, environ: Mapping[str, str], cwd: Path) -> Message:

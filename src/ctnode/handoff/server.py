@@ -46,7 +46,7 @@ from typing import TextIO
 import ctnode
 from ctnode.config import Settings, load_settings
 from ctnode.errors import ConfigError, CtnodeError
-from ctnode.follow import finish_job, finish_push_and_commit
+from ctnode.follow import finish_job, finish_push_and_commit, watch
 from ctnode.handoff.wire import PROTOCOL, Closed, Message, Reader, send, submit_address
 from ctnode.logs import get_logger
 from ctnode.progress import Display, Snapshot
@@ -290,6 +290,7 @@ class HandoffServer:
     def __init__(self, settings: Settings, repo: JobRepository, *, threads: int) -> None:
         self.settings = settings
         self.repo = repo
+        self.watch = watch(repo.engine)
         self.address = submit_address(settings.storage.run_dir)
         self.threads = threads
         self.sock: socket.socket | None = None
@@ -519,7 +520,7 @@ class HandoffServer:
             wake = wake_address(settings)
             if request.commit and request.wait:
                 finished = finish_push_and_commit(
-                    self.repo,
+                    self.watch,
                     job_id,
                     as_json=request.as_json,
                     wake=wake,
@@ -528,7 +529,7 @@ class HandoffServer:
                 )
             else:
                 finished = finish_job(
-                    self.repo,
+                    self.watch,
                     job_id,
                     wait=request.wait,
                     as_json=request.as_json,
