@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.test_routing import Setup, send, uid_of, uids_in
+from tests.acceptance.test_routing import Setup, send, started, uid_of, uids_in
 from tests.helpers.dicomgen import write_series
 from tests.helpers.waiting import wait_until
 
@@ -21,13 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[Setup]:
     """A routing node with two ingest workers and a storescp destination (started)."""
-    s = Setup(tmp_path, config={"storage": {"ingest_processes": 2, "min_free_bytes": "1MiB"}})
-    s.pacs.start()
-    try:
+    with started(tmp_path, {"storage": {"ingest_processes": 2, "min_free_bytes": "1MiB"}}) as s:
         yield s
-    finally:
-        s.node.kill() if s.node.proc and s.node.proc.poll() is None else None
-        s.pacs.stop()
 
 
 def send_at_once(setup: Setup, series: list[tuple[str, list[Path]]]) -> None:

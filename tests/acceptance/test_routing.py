@@ -4,6 +4,7 @@ DCMTK ``storescp`` and Orthanc (with storage commitment), driven only by route f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -97,16 +98,23 @@ class Setup:
         return result
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    """Started storescp; the node is started by the test (after writing its routes)."""
-    s = Setup(tmp_path)
+@contextlib.contextmanager
+def started(tmp_path: Path, config: dict[str, Any] | None = None) -> Iterator[Setup]:
+    """A Setup whose storescp runs; the node is started by the test (after its routes)."""
+    s = Setup(tmp_path, config=config)
     s.pacs.start()
     try:
         yield s
     finally:
         s.node.kill() if s.node.proc and s.node.proc.poll() is None else None
         s.pacs.stop()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    """Started storescp; the node is started by the test (after writing its routes)."""
+    with started(tmp_path) as s:
+        yield s
 
 
 def test_study_trigger_forwards_once_stable_then_a_late_instance_alone(
