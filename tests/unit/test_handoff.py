@@ -27,7 +27,14 @@ from ctnode.handoff.client import (
     request,
     settings_environment,
 )
-from ctnode.handoff.server import Identity, PushRequest, refusal
+from ctnode.handoff.credentials import (
+    Identity,
+    identity_of,
+    own_identity,
+    peer_credentials,
+    refusal,
+)
+from ctnode.handoff.request import PushRequest
 from ctnode.handoff.wire import MAX_LINE, PROTOCOL, Closed, Reader, encode, submit_address
 from ctnode.progress import Snapshot
 
@@ -279,8 +286,6 @@ def test_only_a_process_reading_files_as_the_node_does_is_served(
 
 def test_the_kernel_reports_the_connecting_process() -> None:
     """SO_PEERCRED on a real socket pair names this process; its identity is our own."""
-    from ctnode.handoff.server import identity_of, own_identity, peer_credentials
-
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with left, right:
         pid, uid, gid = peer_credentials(left)

@@ -33,21 +33,26 @@ import queue
 import select
 import socket
 import stat
-import struct
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import ctnode
 from ctnode.config import Settings, load_settings
 from ctnode.errors import ConfigError, CtnodeError
 from ctnode.follow import finish_job, finish_push_and_commit, watch
-from ctnode.handoff.wire import PROTOCOL, Closed, Message, Reader, send, submit_address
+from ctnode.handoff.credentials import (
+    ANOTHER_USER,
+    identity_of,
+    own_identity,
+    peer_credentials,
+    refusal,
+)
+from ctnode.handoff.request import PushRequest
+from ctnode.handoff.wire import Closed, Message, Reader, send, submit_address
 from ctnode.logs import get_logger
 from ctnode.progress import Display, Snapshot
 from ctnode.queue.repository import JobRepository
@@ -59,150 +64,6 @@ log = get_logger("ctnode.handoff")
 REQUEST_TIMEOUT = 5.0
 #: Seconds a send to a command may block (a command that stopped reading is gone).
 SEND_TIMEOUT = 60.0
-
-# ------------------------------------------------------------------ who is connecting
-
-ANOTHER_USER = "another user"
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """What decides which files a process reads and how: user, groups, mount namespace, root."""
-
-    uid: int
-    gid: int
-    groups: frozenset[int]
-    #: ``/proc/<pid>/ns/mnt`` (None: unknown).
-    mount_ns: str | None
-    #: (device, inode) of the process's root directory (None: unknown).
-    root: tuple[int, int] | None
-
-
-def refusal(peer: Identity, own: Identity) -> str | None:
-    """Why a process *peer* may not submit through a node running as *own*; None if it may."""
-    if peer.uid != own.uid:
-        return ANOTHER_USER
-    if peer.gid != own.gid or peer.groups != own.groups:
-        return "other groups"
-    if peer.mount_ns is None or peer.mount_ns != own.mount_ns:
-        return "another mount namespace"
-    if peer.root is None or peer.root != own.root:
-        return "another root directory"
-    return None
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end, from the kernel (SO_PEERCRED, as of its
-    connect)."""
-    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", data)
-    return pid, uid, gid
-
-
-def identity_of(pid: int, uid: int, gid: int) -> Identity:
-    """The identity of process *pid* (its user and group as the kernel reported them), read
-    from ``/proc``; what cannot be read is None (and refused)."""
-    proc = Path(f"/proc/{pid}")
-    groups: frozenset[int] = frozenset({-1})  # never equal to a real group set
-    with contextlib.suppress(OSError, ValueError):
-        for line in (proc / "status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                groups = frozenset(int(g) for g in line.split()[1:])
-    mount_ns = root = None
-    with contextlib.suppress(OSError):
-        mount_ns = os.readlink(proc / "ns" / "mnt")
-    with contextlib.suppress(OSError):
-        st = os.stat(proc / "root")
-        root = (st.st_dev, st.st_ino)
-    return Identity(uid, gid, groups, mount_ns, root)
-
-
-def own_identity() -> Identity:
-    """This process's identity."""
-    mount_ns: str | None = None
-    with contextlib.suppress(OSError):
-        mount_ns = os.readlink("/proc/self/ns/mnt")
-    st = os.stat("/")
-    groups = frozenset(os.getgroups())
-    return Identity(os.geteuid(), os.getegid(), groups, mount_ns, (st.st_dev, st.st_ino))
-
-
-# ------------------------------------------------------------------ the request
-
-
-@dataclass(frozen=True, slots=True)
-class PushRequest:
-    """A ``push`` message, checked."""
-
-    config: str | None
-    env: dict[str, str]
-    cwd: Path
-    peer: str
-    paths: tuple[str, ...]
-    study: str | None
-    series: str | None
-    priority: int
-    wait: bool
-    commit: bool
-    as_json: bool
-    idempotency_key: str | None
-
-    @classmethod
-    def from_message(cls, message: Message) -> PushRequest:
-        """The request in *message*; ValueError when it is not a well-formed one of this
-        protocol and of this very ctnode (version and installation)."""
-        if (
-            message.get("t") != "push"
-            or message.get("protocol") != PROTOCOL
-            or message.get("version") != ctnode.__version__
-            or message.get("package") != _package()
-        ):
-            raise ValueError("another protocol or another ctnode")
-        env, paths, cwd = message.get("env"), message.get("paths"), message.get("cwd")
-        if not isinstance(env, dict) or not all(_text(k) and _text(v) for k, v in env.items()):
-            raise ValueError("malformed environment")
-        if not isinstance(paths, list) or not all(_text(p) for p in paths):
-            raise ValueError("malformed paths")
-        if not isinstance(cwd, str) or not _text(cwd) or not os.path.isabs(cwd):
-            raise ValueError("malformed working directory")
-        texts = {k: message.get(k) for k in ("config", "study", "series", "idempotency_key")}
-        flags = {k: message.get(k) for k in ("wait", "commit", "as_json")}
-        peer, priority = message.get("peer"), message.get("priority")
-        if (
-            not isinstance(peer, str)
-            or not _text(peer)
-            or not all(v is None or _text(v) for v in texts.values())
-            or not all(isinstance(f, bool) for f in flags.values())
-            or type(priority) is not int
-        ):
-            raise ValueError("malformed options")
-        return cls(
-            config=_optional(texts["config"]),
-            env=dict(env),
-            cwd=Path(cwd),
-            peer=peer,
-            paths=tuple(paths),
-            study=_optional(texts["study"]),
-            series=_optional(texts["series"]),
-            priority=priority,
-            wait=flags["wait"] is True,
-            commit=flags["commit"] is True,
-            as_json=flags["as_json"] is True,
-            idempotency_key=_optional(texts["idempotency_key"]),
-        )
-
-
-def _optional(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _text(value: object) -> bool:
-    """A string a command line could hold (no NUL)."""
-    return isinstance(value, str) and "\0" not in value
-
-
-def _package() -> str:
-    return os.path.dirname(os.path.realpath(ctnode.__file__))
 
 
 def _cwd_free(settings: Settings) -> bool:
