@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 import ctnode
 from ctnode.config import load_settings
@@ -219,6 +220,11 @@ PLAIN_DOCUMENTS = [
     "storage:\n  data_dir:/no-space\n",
     '"storage":\n  data_dir: /quoted-key\n',
     "- a\n- b\n",
+    '{"storage": {"data_dir": "/json"}, "peers_dir": "/p"}',
+    '{\n  "node": {"port": 104}\n}\n',
+    '{"storage": "not a mapping"}',
+    '{"storage": {"data_dir": "/a", "data_dir": "/b"}}',
+    "{storage: {data_dir: /yaml-flow}}\n",
 ]
 
 
@@ -227,12 +233,16 @@ def test_the_plain_reading_agrees_with_the_yaml_loader(tmp_path: Path, text: str
     """Whenever ``plain_data_dir`` gives an answer, it is the YAML loader's (ruamel, YAML 1.2)
     ``storage.data_dir`` or the default; otherwise it says UNSURE and the loader is used."""
     path = _write(tmp_path / "c.yaml", text)
-    plain = plain_data_dir(text)
-    if plain is UNSURE:
+    try:
+        data = YAML(typ="safe", pure=True).load(text) or {}
+    except YAMLError:
+        assert file_data_dir(path) is None or plain_data_dir(text) is UNSURE
         return
-    data = YAML(typ="safe", pure=True).load(text) or {}
-    assert plain == data.get("storage", {}).get("data_dir", DEFAULT_DATA_DIR)
-    assert file_data_dir(path) == plain
+    storage = data.get("storage", {}) if isinstance(data, dict) else None
+    expected = storage.get("data_dir", DEFAULT_DATA_DIR) if isinstance(storage, dict) else None
+    assert file_data_dir(path) == expected
+    plain = plain_data_dir(text)
+    assert plain is UNSURE or plain == expected
 
 
 def test_the_plain_reading_takes_the_usual_files() -> None:

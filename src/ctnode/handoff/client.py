@@ -22,6 +22,7 @@ either: when the node stops in the middle, ``Resume`` tells ``cli.entry`` to fin
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -154,8 +155,9 @@ def guess_run_dir(config: str | None, env: Mapping[str, str], cwd: Path) -> Path
 
 def file_data_dir(path: Path) -> object:
     """``storage.data_dir`` as the configuration file *path* gives it (``DEFAULT_DATA_DIR``
-    when it gives none): read by ``plain_data_dir`` when the file is plain enough, else by the
-    YAML loader the settings use; None when the file cannot be read or is not a mapping."""
+    when it gives none): read by ``plain_data_dir`` when the file is plain enough, as JSON when
+    it is JSON, else by the YAML loader the settings use; None when the file cannot be read or
+    is not a mapping."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -163,6 +165,14 @@ def file_data_dir(path: Path) -> object:
     plain = plain_data_dir(text)
     if plain is not UNSURE:
         return plain
+    if text.lstrip().startswith("{"):  # JSON, a subset of YAML 1.2 (files tools write)
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            storage = data.get("storage", {})
+            return storage.get("data_dir", DEFAULT_DATA_DIR) if isinstance(storage, dict) else None
     from ctnode.errors import ConfigError
     from ctnode.yamlio import load_yaml_file
 
