@@ -1,10 +1,12 @@
 """Push throughput: ``ctnode push --wait`` vs DCMTK storescu, both into DCMTK storescp.
 
 Each repetition starts a fresh storescp; ctnode pushes through a running ``ctnode run`` (the
-CLI writes the job, the daemon executes it, ``--wait`` follows it to the end), DCMTK storescu
-sends the same files on one association. Wall time is the sending command's, from start to
-exit, so ctnode's includes its CLI start-up and the probing of the 600 files. Also reported:
-the job's own run time (claim to finish), and the CPU of the daemon (ctnode) or of storescu.
+CLI hands the submission to the node over its hand-off socket — or, if the node does not take
+it, writes the job itself —, the daemon executes it, ``--wait`` follows it to the end), DCMTK
+storescu sends the same files on one association. Wall time is the sending command's, from
+start to exit, so ctnode's includes its CLI start-up and the probing of the 600 files. Also
+reported: the job's own run time (claim to finish), the CPU of the daemon (ctnode) or of
+storescu, and in how many repetitions the hand-off was used.
 """
 
 from __future__ import annotations
@@ -114,10 +116,13 @@ def run_ctnode(series: Series) -> Run:
                 if proc.returncode != 0:
                     raise RuntimeError(f"ctnode push failed: {proc.stderr[-2000:]}")
                 job = json.loads(proc.stdout)
+                handoff = _handoff(node, job.get("id"))
             if scp.stored() != len(series.files):
                 raise RuntimeError(f"storescp holds {scp.stored()} of {len(series.files)}")
     run = Run(len(series.files), series.nbytes, wall, used)
     run.extra["cli_cpu_s"] = cli
+    if handoff is not None:
+        run.extra["handoff_ms"] = float(handoff.get("duration_ms", 0.0))
     with contextlib.suppress(KeyError, TypeError, ValueError):
         from datetime import datetime
 
@@ -126,6 +131,19 @@ def run_ctnode(series: Series) -> Run:
         run.extra["job_s"] = (end - begin).total_seconds()
     run.extra["other_cpus"] = max(0.0, system_busy_seconds() - busy - used - cli) / wall
     return run
+
+
+def _handoff(node: CtnodeServer, job_id: object) -> dict[str, object] | None:
+    """The node's ``handoff.submitted`` line for the job (None: the command did not hand its
+    submission to the node, it took the ordinary path)."""
+    with contextlib.suppress(OSError):
+        for line in node.log_path.read_text().splitlines():
+            if '"handoff.submitted"' in line:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("job") == job_id:
+                        return dict(event)
+    return None
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -155,8 +173,17 @@ def main(argv: list[str] | None = None) -> str:
                 flush=True,
             )
     job_s = [r.extra["job_s"] for r in groups[CTNODE_LABEL] if "job_s" in r.extra]
+    handed = [r.extra["handoff_ms"] for r in groups[CTNODE_LABEL] if "handoff_ms" in r.extra]
     notes = [
         "CPU s: the ctnode daemon's (the CLI process is extra, below) / storescu's own",
+        f"ctnode push handed its submission to the node in {len(handed)} of "
+        f"{len(groups[CTNODE_LABEL])} reps"
+        + (
+            f" (the node's submission, connection to committed job: median "
+            f"{statistics.median(handed):.0f} ms)"
+            if handed
+            else " (the ordinary path: the CLI wrote the job itself)"
+        ),
         f"load at start: {start_note}; at end: {load_note()}",
     ]
     if job_s:
