@@ -252,12 +252,12 @@ class HandoffServer:
             self._pending.put(None)
 
     def wait(self, timeout: float) -> bool:
-        """After ``stop``: wait up to *timeout* s for the threads to end; True if they did."""
+        """After ``stop``: wait up to *timeout* s in all for the threads to end; True if they
+        did."""
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
-            if thread.is_alive():
-                return False
-        return True
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     # -- serving
 
