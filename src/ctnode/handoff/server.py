@@ -327,7 +327,11 @@ class HandoffServer:
         except (CtnodeError, OSError):
             return None, "the settings do not load"  # the command says why itself
         own = self.settings
-        if request.cwd != Path(os.getcwd()) and not (_cwd_free(settings) and _cwd_free(own)):
+        try:
+            same_cwd = request.cwd == Path(os.getcwd())
+        except OSError:  # the node's working directory is gone
+            same_cwd = False
+        if not same_cwd and not (_cwd_free(settings) and _cwd_free(own)):
             return None, "paths in the settings depend on the working directory"
         if (
             settings.database != own.database
