@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,11 +25,35 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 CTNODE = [sys.executable, "-m", "ctnode"]
 
 
+#: Ports tests listen on: below Linux's ephemeral range (32768-60999), from which the kernel
+#: picks the local port of every outgoing connection (a port it handed out by ``bind(0)`` can
+#: meanwhile become some test's client port), and split between the pytest-xdist workers.
+_PORTS = range(20000, 32000)
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 right now, never handed out before by this process, in this
+    xdist worker's share of ``_PORTS``."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    share = len(_PORTS) // count
+    first = _PORTS.start + (index % count) * share
+    with _ports_lock:
+        for _ in range(share):
+            port = random.randrange(first, first + share)
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port left in {first}-{first + share - 1}")
 
 
 def wait_port(port: int, timeout: float = 15, host: str = "127.0.0.1") -> None:
