@@ -30,9 +30,9 @@ from ctnode.db.engine import session_factory
 from ctnode.db.opening import open_database
 from ctnode.dicom.contexts import Service, storage_classes
 from ctnode.errors import ConfigError
-from ctnode.handoff.server import HandoffServer
 from ctnode.index import IndexReader
 from ctnode.ingest_processes import attach, ingest_pool
+from ctnode.local_sockets import open_handoff, open_wake_channel
 from ctnode.logs import get_logger
 from ctnode.metrics import (
     CountsCollector,
@@ -51,7 +51,6 @@ from ctnode.queue.attempt import Operation
 from ctnode.queue.commit_rounds import CommitmentRepository
 from ctnode.queue.jobs import JobKind
 from ctnode.queue.repository import JobRepository
-from ctnode.queue.wakeup import WakeListener
 from ctnode.queue.worker import WorkerPool
 from ctnode.retention import Retention
 from ctnode.routing.decisions import RouteHolder
@@ -392,8 +391,9 @@ async def supervise(
         )
         health.start()
         log.info("metrics.listening", bind=settings.metrics.bind, port=health.port)
-    wake = _open_wake_channel(runtime)  # before daemon.ready: scripts submit right after it
-    handoff = _open_handoff(runtime)
+    # Before daemon.ready: scripts submit right after it.
+    wake = open_wake_channel(settings, runtime.workers)
+    handoff = open_handoff(settings, runtime.repo)
     log.info(
         "daemon.ready",
         ae_title=settings.node.ae_title,
@@ -464,46 +464,6 @@ async def supervise(
     runtime.engine.dispose()
     log.info("daemon.stopped")
     return 0
-
-
-def _open_wake_channel(runtime: Runtime) -> WakeListener | None:
-    """Listen on ``<data_dir>/run/wake.sock``: a CLI that committed a job wakes the idle
-    workers at once, and a follower is told when an attempt of its job ends. Without it (bind
-    failed) the node works by polling alone."""
-    workers = runtime.workers
-
-    def on_job(job_id: int, follower: bytes | None) -> None:
-        if follower is not None:
-            workers.watch(job_id, follower)
-        workers.wake()
-
-    listener = WakeListener(runtime.settings.storage.run_dir, on_job)
-    if not listener.open():
-        log.warning(
-            "queue.wake_channel_unavailable",
-            address=str(listener.address),
-            detail="submitted jobs start at the next poll (queue.poll_interval)",
-        )
-        return None
-    asyncio.get_running_loop().add_reader(listener.fileno(), listener.drain)
-    workers.on_concluded = listener.notify
-    return listener
-
-
-def _open_handoff(runtime: Runtime) -> HandoffServer | None:
-    """Listen on ``<data_dir>/run/submit.sock``: ``ctnode push`` hands its submission to this
-    node instead of starting the whole stack itself. Without it (bind failed) every push takes
-    the ordinary path."""
-    server = HandoffServer(runtime.settings, runtime.repo, threads=runtime.settings.queue.workers)
-    if not server.open():
-        log.warning(
-            "handoff.unavailable",
-            address=str(server.address),
-            detail="ctnode push starts the whole stack itself",
-        )
-        return None
-    asyncio.get_running_loop().add_reader(server.fileno(), server.accept)
-    return server
 
 
 def run(settings: Settings) -> int:
