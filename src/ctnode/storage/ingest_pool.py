@@ -181,17 +181,6 @@ class IngestPool:
             placed_here=self.placed_here,
         )
 
-    @property
-    def ready_workers(self) -> int:
-        """Workers that can take an object now."""
-        with self._lock:
-            return sum(1 for w in self._workers if w.alive and w.ready.is_set())
-
-    def pids(self) -> list[int]:
-        """Process ids of the live workers (for tests and metrics)."""
-        with self._lock:
-            return [w.process.pid for w in self._workers if w.alive and w.process.pid]
-
     def _spawn(self, *, fork: bool = False) -> _Worker:
         ctx: Any = self._fork if fork else self._spawn_ctx
         ours, theirs = ctx.Pipe(duplex=True)

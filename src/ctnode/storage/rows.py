@@ -242,8 +242,7 @@ class GroupCommit:
         self._cond = threading.Condition()
         self._queue: list[_PendingRow] = []
         self._busy = False
-        self._decided_inserts: dict[tuple[str, ...], PreparedInsert] = {}
-        self._instance_inserts: dict[tuple[str, ...], PreparedInsert] = {}
+        self._inserts: dict[tuple[str, ...], PreparedInsert] = {}
 
     def insert(self, values: dict[str, Any], decided: dict[str, Any] | None = None) -> None:
         """Insert one row (and its *decided* ``route_arrivals`` row) and commit it (durably,
@@ -286,24 +285,18 @@ class GroupCommit:
 
     def _transaction(self, rows: list[_PendingRow]) -> None:
         with self.engine.begin() as conn:
-            self._instance_insert(tuple(rows[0].values)).execute(conn, [r.values for r in rows])
+            values = [row.values for row in rows]
+            self._insert(_INSTANCES_TABLE, values).execute(conn, values)
             decided = [row.decided for row in rows if row.decided is not None]
             if decided:
-                self._decided_insert(tuple(decided[0])).execute(conn, decided)
+                self._insert(_ROUTE_ARRIVALS, decided).execute(conn, decided)
 
-    def _instance_insert(self, keys: tuple[str, ...]) -> PreparedInsert:
-        """The ``instances`` insert for rows with *keys* (``row_values`` gives every row the
-        same)."""
-        prepared = self._instance_inserts.get(keys)
+    def _insert(self, table: Table, rows: list[dict[str, Any]]) -> PreparedInsert:
+        """The prepared insert into *table* for *rows* (all with the keys of the first: every
+        row of a table here is built by one function), compiled once per table and keys."""
+        key = (table.name, *rows[0])
+        prepared = self._inserts.get(key)
         if prepared is None:
-            prepared = PreparedInsert(_INSTANCES_TABLE, keys, self.engine.dialect)
-            self._instance_inserts[keys] = prepared
-        return prepared
-
-    def _decided_insert(self, keys: tuple[str, ...]) -> PreparedInsert:
-        """The ``route_arrivals`` insert for rows with *keys* (every decided row has the same)."""
-        prepared = self._decided_inserts.get(keys)
-        if prepared is None:
-            prepared = PreparedInsert(_ROUTE_ARRIVALS, keys, self.engine.dialect)
-            self._decided_inserts[keys] = prepared
+            prepared = PreparedInsert(table, tuple(rows[0]), self.engine.dialect)
+            self._inserts[key] = prepared
         return prepared
