@@ -5,6 +5,7 @@ delivery states per item, crash recovery between taking a batch and writing its 
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from ctnode.dicom.contexts import CT_IMAGE, EXPLICIT_VR_LE, MR_IMAGE
 from ctnode.peers import load_peers
 from ctnode.queue.jobs import ItemOutcome, ItemState, JobState
 from ctnode.queue.repository import JobRepository
+from ctnode.routing import forwarder as forwarding
 from ctnode.routing import replay as replay_module
 from ctnode.routing.decisions import RouteHolder
 from ctnode.routing.forwarder import Forwarder
@@ -291,8 +293,8 @@ def test_failed_forwards_are_reconciled_once_whatever_the_database_clock(
 
 def test_routing_reads_do_not_wait_for_the_sqlite_write_lock(tmp_path: Path) -> None:
     """While another connection holds SQLite's write lock (an ingest committing), what routing
-    only reads (instances to hold, metrics, pending groups, batches to recover) is answered
-    without waiting for it."""
+    only reads (instances to hold, metrics, pending groups, batches to recover, whether a pass
+    can be put off, a pass with nothing to reconcile) is answered without waiting for it."""
     engine = create_db_engine(f"sqlite:///{tmp_path / 'ctnode.db'}", busy_timeout=0.2)
     migrate.upgrade(engine)
     try:
@@ -310,6 +312,9 @@ def test_routing_reads_do_not_wait_for_the_sqlite_write_lock(tmp_path: Path) -> 
             assert {(s.labels["state"], s.value) for s in instances.samples} >= {("waiting", 2.0)}
             assert len(forwarder.pending_groups()) == 1
             assert forwarder.recover() == 0
+            assert forwarder.reconcile() == 0  # nothing ended: the lock is not asked for
+            forwarder.shortest_wait, forwarder.last_pass = (lambda: 30.0), time.monotonic()
+            assert forwarder.deferrable(utcnow())  # the arrival is streaming in
         finally:
             writer.rollback()
             writer.close()
@@ -356,3 +361,79 @@ def test_replay_reads_files_without_holding_the_write_lock_and_writes_in_batches
         assert seen == [0, 0, 2, 2, 4]  # batches of two committed while files are read
     finally:
         engine.dispose()
+
+
+def test_a_pass_is_put_off_only_while_instances_stream_in_and_none_can_be_due(
+    tmp_path: Path, engine: Engine, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While arrivals stream in and none can be due before the next pass, ``tick`` leaves them
+    unexpanded (the receive path's commits do not wait for the forwarder); it runs the pass at
+    start-up, once the stream pauses, when an arrival or a waiting group could be due by the
+    next pass, while a forward is in flight, MAX_DEFER after the last pass, and always without
+    a shortest wait or with a shared store."""
+    _, store, forwarder, clock = _setup(
+        tmp_path,
+        engine,
+        {"ct": {"match": {"modality": ["CT"]}, "stable_after": 30, "to": ["pacs"]}},
+    )
+    holder = store.decisions
+    assert isinstance(holder, RouteHolder) and holder.shortest_wait() == 30
+    forwarder.shortest_wait = holder.shortest_wait
+    ids = new_ids()
+    first = _ingest(store, make_dataset(CT_IMAGE, ids, number=1))
+    (arrival,) = _arrivals(sessions)
+    clock.now = arrival.matched_at + timedelta(seconds=0.2)
+    assert forwarder.tick() == 0 and _arrivals(sessions) == []  # the first pass always runs
+    _ingest(store, make_dataset(CT_IMAGE, ids, number=2))
+    (arrival,) = _arrivals(sessions)
+    clock.now = arrival.matched_at + timedelta(seconds=0.2)
+    assert forwarder.deferrable(clock.now)
+    assert forwarder.tick() == 0 and len(_arrivals(sessions)) == 1  # put off
+    # the stream paused: the pass runs
+    assert not forwarder.deferrable(arrival.matched_at + timedelta(seconds=1.5))
+    # a pass is put off for at most MAX_DEFER
+    ran = forwarder.last_pass
+    assert ran is not None
+    forwarder.last_pass = ran - forwarding.MAX_DEFER
+    assert not forwarder.deferrable(clock.now)
+    forwarder.last_pass = ran
+    # a waiting group due by the next pass
+    forwarder.next_due = clock.now + timedelta(seconds=0.5)
+    assert not forwarder.deferrable(clock.now)
+    forwarder.next_due = None
+    # no shortest wait known, or a shared store (other nodes decided its arrivals)
+    forwarder.shortest_wait = None
+    assert not forwarder.deferrable(clock.now)
+    forwarder.shortest_wait, forwarder.shared = holder.shortest_wait, True
+    assert not forwarder.deferrable(clock.now)
+    forwarder.shared = False
+    # a route with a shorter wait (instance: the 2 s window) was loaded: an arrival may be
+    # due before the next pass once it is a second old; the shortest wait never goes back up
+    routes = {"ct": {"match": {"modality": ["CT"]}, "trigger": "instance", "to": ["pacs"]}}
+    write_yaml(tmp_path / "routes" / "ct.yaml", routes["ct"])
+    holder.replace(load_routes(tmp_path / "routes", load_peers(tmp_path / "peers", resolve=False)))
+    assert holder.shortest_wait() == 2
+    monkeypatch.setattr(forwarding, "STREAMING", 5.0)  # (the stream has not paused yet)
+    assert forwarder.deferrable(arrival.matched_at + timedelta(seconds=0.5))
+    assert not forwarder.deferrable(arrival.matched_at + timedelta(seconds=1.5))
+    monkeypatch.undo()
+    write_yaml(tmp_path / "routes" / "ct.yaml", {"stable_after": 300, "to": ["pacs"]})
+    holder.replace(load_routes(tmp_path / "routes", load_peers(tmp_path / "peers", resolve=False)))
+    assert holder.shortest_wait() == 2
+    # a forward in flight (queued rows): every pass runs, so its end is reconciled promptly
+    clock.now = arrival.matched_at + timedelta(seconds=31)
+    assert forwarder.tick() == 1
+    assert {r.state for r in _matches(sessions)} == {"queued"}
+    _ingest(store, make_dataset(CT_IMAGE, ids, number=3))
+    (late_arrival,) = _arrivals(sessions)
+    clock.now = late_arrival.matched_at + timedelta(seconds=0.2)
+    assert not forwarder.deferrable(clock.now)
+    job_id = _matches(sessions)[0].job_id
+    _run_job(forwarder.repo, job_id)
+    assert forwarder.tick() == 0
+    delivered = {r.sop_instance_uid for r in _matches(sessions) if r.state == "delivered"}
+    assert first in delivered and len(delivered) == 2
+    _ingest(store, make_dataset(CT_IMAGE, ids, number=4))
+    (arrival,) = _arrivals(sessions)
+    clock.now = arrival.matched_at + timedelta(seconds=0.2)
+    assert forwarder.deferrable(clock.now)  # nothing in flight any more

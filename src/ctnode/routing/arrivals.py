@@ -22,8 +22,9 @@ leaves both tables as they were, and a row already there (from an earlier expans
 both tables are read, they are read in one statement (a UNION, the arrival's row marked
 ``ARRIVAL``): on PostgreSQL each statement of a READ COMMITTED transaction takes its own
 snapshot, so an expansion committed between two statements would be seen twice or not at all.
-The table holds what arrived since the forwarder's last pass (about a second of ingest while
-the node runs), so reading it without an index is cheap.
+The table holds what arrived since the forwarder's last pass (at most ``MAX_DEFERRED`` rows or
+ten seconds of ingest while instances stream in, see ``Forwarder.deferrable``), so reading it
+without an index is cheap.
 """
 
 from __future__ import annotations
@@ -171,7 +172,11 @@ _EXPAND_SQL = {
 
 
 def expand(
-    sessions: sessionmaker[Session], node_name: str | None, *, batch: int = EXPAND_BATCH
+    sessions: sessionmaker[Session],
+    node_name: str | None,
+    *,
+    batch: int = EXPAND_BATCH,
+    readers: sessionmaker[Session] | None = None,
 ) -> int:
     """Expand the arrivals of *node_name* (None: of every node, a shared store) into their
     ``route_matches`` rows, *batch* arrivals per transaction, oldest first, until none is
@@ -180,11 +185,16 @@ def expand(
     The database expands a batch itself (``_EXPAND_SQL``); if it cannot (a row it cannot
     read: a bug), the batch is expanded again row by row in Python, where a row that cannot be
     read is dropped with an error (its instance stays stored, not routed) rather than stopping
-    every later pass."""
+    every later pass. With *readers* (sessions that only read), an empty table is found without
+    taking the write lock, which the receive path's commits would wait for."""
     ra = RouteArrival
     query = select(ra.id).order_by(ra.id).limit(batch)
     if node_name is not None:
         query = query.where(ra.node_name == node_name)
+    if readers is not None:
+        with readers() as session:
+            if session.scalar(query.limit(1)) is None:
+                return 0
     done = after = 0
     while True:
         with sessions() as session:

@@ -102,6 +102,7 @@ class RouteHolder:
     def __init__(self, routes: RouteSet, node_name: str) -> None:
         self.node_name = node_name
         self._lock = threading.Lock()
+        self._shortest = float("inf")
         self._install(routes)
 
     def _install(self, routes: RouteSet) -> None:
@@ -110,6 +111,9 @@ class RouteHolder:
         # pairs): a route set has few, and encoding one cost a quarter of deciding.
         wanted = tags.INDEX_TAGS | routes.wanted_tags
         encoded: dict[tuple[tuple[str, str], ...], str] = {}
+        # Never raised again: arrivals decided by an earlier set may still wait unexpanded.
+        waits = [route.wait_seconds for route in routes.active]
+        self._shortest = min([self._shortest, *waits])
         self._state = (routes, routes.active, tags_read(routes), wanted, encoded)
 
     def __call__(self) -> RouteSet:
@@ -119,6 +123,12 @@ class RouteHolder:
         """Swap in a new, already validated route set."""
         with self._lock:
             self._install(routes)
+
+    def shortest_wait(self) -> float:
+        """The shortest wait (``stable_after``, or the instance window) of any enabled route
+        of any set this holder has held (inf: none yet): no decision made here becomes due
+        sooner than this after it was made (``Forwarder.deferrable``)."""
+        return self._shortest
 
     @property
     def wanted(self) -> frozenset[int]:

@@ -4,7 +4,9 @@ the jobs' item outcomes become delivery states.
 One pass (``Forwarder.step``, run off the event loop) does four things, and notes when the
 next waiting group becomes due: the next pass starts then (at most ``interval`` later, 1 s, so
 new arrivals and ended jobs are seen), so a study is forwarded ``stable_after`` after its last
-instance plus one pass, not plus up to a second:
+instance plus one pass, not plus up to a second. While instances stream in and none of them can
+be due before the next pass, the pass is put off (``Forwarder.deferrable``: its expansion would
+take the write lock the receive path's commits wait for, for nothing yet):
 
 0. **Expand**: the decisions written at ingest (``route_arrivals``, one row per instance)
    become ``route_matches`` rows (``routing.arrivals.expand``), before anything looks at
@@ -36,9 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +52,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ctnode.config import Settings
 from ctnode.db.engine import session_factory
-from ctnode.db.models import Instance, InstanceCommitment, JobItem, RouteMatch
+from ctnode.db.models import Instance, InstanceCommitment, JobItem, RouteArrival, RouteMatch
 from ctnode.db.models import Job as JobRow
 from ctnode.db.types import utcnow
 from ctnode.logs import get_logger
@@ -71,6 +75,13 @@ _DONE_JOB_STATES = ("succeeded", "failed", "cancelled")
 _DELIVERED_ITEMS = ("succeeded", "warning")
 #: Seconds past a group's due time at which the pass runs (timestamps are microseconds).
 _DUE_MARGIN = 0.005
+#: While instances stream in (the newest arrival younger than ``STREAMING``) and none of them
+#: can be due before the next pass, a pass is put off (``Forwarder.deferrable``): the receive
+#: path's commits do not wait for expansions. At most ``MAX_DEFER`` seconds after the last pass,
+#: and while fewer than ``MAX_DEFERRED`` arrivals wait (the readers scan that table).
+STREAMING = 1.0
+MAX_DEFER = 10.0
+MAX_DEFERRED = 5000
 
 
 def _at_least(now: datetime, row: Any) -> datetime:
@@ -112,6 +123,12 @@ class Forwarder:
         self.release: Callable[[str, list[str]], int] | None = None
         #: When the soonest group still waiting becomes ready (set by each pass; None: none).
         self.next_due: datetime | None = None
+        #: The shortest wait of any route the arrivals were decided with (``RouteHolder.
+        #: shortest_wait``); None (or a shared store, whose arrivals other nodes decided): a
+        #: pass is never put off.
+        self.shortest_wait: Callable[[], float] | None = None
+        #: When the last pass ran (``time.monotonic``), None before the first.
+        self.last_pass: float | None = None
 
     # ------------------------------------------------------------------ one pass
 
@@ -120,9 +137,46 @@ class Forwarder:
             return RouteMatch.id.is_not(None)
         return RouteMatch.node_name == self.node_name
 
+    def tick(self) -> int:
+        """A pass (``step``), unless it can be put off (``deferrable``); returns jobs submitted."""
+        if self.deferrable(self.clock()):
+            return 0
+        return self.step()
+
+    def deferrable(self, now: datetime) -> bool:
+        """True when a pass now would only expand arrivals that cannot be due yet, while more
+        are streaming in: no pass yet or for ``MAX_DEFER`` seconds, no forward in flight (queued
+        rows), no waiting group due before the next pass, and the arrivals (fewer than
+        ``MAX_DEFERRED``, the newest younger than ``STREAMING``) decided by routes that all wait
+        longer than until the next pass. Read-only; a wrong True only delays a pass."""
+        if self.shortest_wait is None or self.shared or self.last_pass is None:
+            return False
+        if time.monotonic() - self.last_pass >= MAX_DEFER:
+            return False
+        horizon = now + timedelta(seconds=self.interval)
+        if self.next_due is not None and self.next_due <= horizon:
+            return False
+        ra, rm = RouteArrival, RouteMatch
+        with self.readers() as session:
+            if session.scalar(select(rm.id).where(rm.state == QUEUED, self._mine()).limit(1)):
+                return False
+            count, oldest, newest = session.execute(
+                select(func.count(), func.min(ra.matched_at), func.max(ra.matched_at)).where(
+                    ra.node_name == self.node_name
+                )
+            ).one()
+        if not count or count >= MAX_DEFERRED:
+            return False
+        if (now - newest).total_seconds() >= STREAMING:
+            return False
+        # Read after the arrivals: a set loaded since is already counted in the shortest wait.
+        wait = self.shortest_wait()
+        return math.isfinite(wait) and oldest + timedelta(seconds=wait) > horizon
+
     def step(self) -> int:
         """Expand arrivals, recover, dispatch ready groups, reconcile ended jobs; returns jobs
         submitted."""
+        self.last_pass = time.monotonic()
         self.expand()
         submitted = self.recover()
         now = self.clock()
@@ -141,7 +195,7 @@ class Forwarder:
     def expand(self) -> int:
         """Expand this node's arrivals (every node's with a shared store, like ``_mine``) into
         ``route_matches`` rows; returns how many instances' arrivals were expanded."""
-        return expand(self.sessions, None if self.shared else self.node_name)
+        return expand(self.sessions, None if self.shared else self.node_name, readers=self.readers)
 
     def pending_groups(self) -> list[Group]:
         """Pending matches, grouped by route, destination, study and series."""
@@ -344,6 +398,10 @@ class Forwarder:
             )
             .limit(limit)
         )
+        # Looked for without the write lock first: most passes find nothing to reconcile.
+        with self.readers() as session:
+            if not session.execute(query.limit(1)).first():
+                return 0
         with self.sessions() as session:
             rows = session.execute(query).all()
             if not rows:
@@ -414,7 +472,7 @@ class Forwarder:
         raised (and the next one waits ``interval``)."""
         while not stop.is_set():
             try:
-                await asyncio.to_thread(self.step)
+                await asyncio.to_thread(self.tick)
             except Exception as exc:
                 self.next_due = None
                 log.warning("route.pass_failed", error=str(exc).splitlines()[0] or repr(exc))
