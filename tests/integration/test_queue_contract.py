@@ -4,13 +4,16 @@ cancellation, priorities, pinning, idempotency."""
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
+from ctnode.db import migrate
 from ctnode.db.engine import create_db_engine
 from ctnode.queue.jobs import ItemOutcome, ItemState, JobKind, JobState, NewItem
 from ctnode.queue.repository import JobRepository
@@ -298,3 +301,33 @@ def test_times_are_utc_and_ordered(repo: JobRepository) -> None:
     assert job.started_at is not None and job.finished_at is not None
     assert job.created_at <= job.started_at <= job.finished_at
     assert job.finished_at.utcoffset() == timedelta(0)
+
+
+def test_reads_do_not_wait_for_the_sqlite_write_lock(tmp_path: Path) -> None:
+    """While another connection holds SQLite's write lock (an ingest committing), what only
+    reads jobs (a job, its items and events, the list, the summary, a submission found again by
+    its idempotency key) is answered at once instead of waiting for the lock."""
+    db = tmp_path / "ctnode.db"
+    engine = create_db_engine(f"sqlite:///{db}", busy_timeout=0.2)
+    migrate.upgrade(engine)
+    try:
+        repo = JobRepository(engine)
+        (job_id,) = _submit(repo, idempotency_key="once")
+        writer = sqlite3.connect(db, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            assert repo.get(job_id).id == job_id
+            assert [j.id for j in repo.list_jobs()] == [job_id]
+            assert len(repo.items(job_id)) == 1 and repo.events(job_id)
+            assert repo.summary().by_state == {"queued": 1}
+            again, created = repo.submit(
+                JobKind.PUSH, "pacs", {}, policy=POLICY, idempotency_key="once"
+            )
+            assert (again.id, created) == (job_id, False)
+            assert time.monotonic() - started < 0.2
+        finally:
+            writer.rollback()
+            writer.close()
+    finally:
+        engine.dispose()

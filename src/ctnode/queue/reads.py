@@ -52,7 +52,7 @@ class JobReader(QueueDatabase):
 
     def get(self, job_id: int) -> Job:
         """A job with its item counts; NotFound if it does not exist."""
-        with self.sessions() as session:
+        with self.readers() as session:
             row = session.get(JobRow, job_id)
             if row is None:
                 raise NotFound(f"no job {job_id} (see `ctnode jobs list`)")
@@ -67,7 +67,7 @@ class JobReader(QueueDatabase):
         limit: int = 50,
     ) -> list[Job]:
         """Newest first."""
-        with self.sessions() as session:
+        with self.readers() as session:
             query = select(JobRow)
             if states is not None:
                 query = query.where(JobRow.state.in_([s.value for s in states]))
@@ -81,7 +81,7 @@ class JobReader(QueueDatabase):
 
     def failed_since(self, hours: float = 24, limit: int = 20) -> list[Job]:
         """Jobs that failed in the last *hours*, newest first."""
-        with self.sessions() as session:
+        with self.readers() as session:
             now = self.now(session)
             rows = list(
                 session.scalars(
@@ -99,7 +99,7 @@ class JobReader(QueueDatabase):
 
     def nodes(self, within: float = 30.0) -> list[dict[str, Any]]:
         """The 20 nodes seen last, with whether they are alive (heartbeat within *within* s)."""
-        with self.sessions() as session:
+        with self.readers() as session:
             now = self.now(session)
             out = []
             for node in session.scalars(select(Node).order_by(Node.last_seen.desc()).limit(20)):
@@ -119,7 +119,7 @@ class JobReader(QueueDatabase):
 
     def items(self, job_id: int, states: Iterable[ItemState] | None = None) -> list[ItemRow]:
         """A job's items in submission order."""
-        with self.sessions() as session:
+        with self.readers() as session:
             query = select(JobItem).where(JobItem.job_id == job_id)
             if states is not None:
                 query = query.where(JobItem.state.in_([s.value for s in states]))
@@ -141,7 +141,7 @@ class JobReader(QueueDatabase):
 
     def events(self, job_id: int) -> list[EventRow]:
         """A job's event trail, oldest first."""
-        with self.sessions() as session:
+        with self.readers() as session:
             return [
                 EventRow(e.at, e.event, e.attempt, e.node, e.status, e.message)
                 for e in session.scalars(
@@ -151,7 +151,7 @@ class JobReader(QueueDatabase):
 
     def summary(self) -> QueueSummary:
         """Counts by state and kind, age of the oldest runnable queued job, recent failures."""
-        with self.sessions() as session:
+        with self.readers() as session:
             now = self.now(session)
             by_kind_state: dict[tuple[str, str], int] = {}
             by_state: dict[str, int] = {}

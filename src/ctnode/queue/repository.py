@@ -116,7 +116,7 @@ class JobRepository(JobReader, NodeLiveness):
         return self.get(job_id), True
 
     def _by_key(self, key: str) -> Job | None:
-        with self.sessions() as session:
+        with self.readers() as session:
             job_id = session.scalar(select(JobRow.id).where(JobRow.idempotency_key == key))
         return self.get(job_id) if job_id is not None else None
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
-from ctnode.db.engine import session_factory
+from ctnode.db.engine import READ_ONLY, session_factory
 from ctnode.db.models import Job as JobRow
 from ctnode.db.models import JobEvent
 from ctnode.db.types import utcnow
@@ -51,6 +51,10 @@ class QueueDatabase:
     ) -> None:
         self.engine = engine
         self.sessions = session_factory(engine)
+        #: For what only reads (``queue.reads``): on SQLite a plain BEGIN, so a read neither
+        #: takes nor waits for the write lock (a job read back after its submission, ``jobs
+        #: list``, ``status``).
+        self.readers = session_factory(engine.execution_options(**{READ_ONLY: True}))
         self.postgres = engine.dialect.name == "postgresql"
         self.clock_offset = clock_offset or timedelta
 
