@@ -124,11 +124,6 @@ def warn_without_reports(peer: Peer, report: Report) -> None:
         )
 
 
-def retry_policy(settings: Settings, peer: Peer) -> RetryPolicy:
-    """The retry policy of a job to *peer*: its ``retry``, else ``queue.retry``."""
-    return RetryPolicy.from_settings(peer.config.retry or settings.queue.retry)
-
-
 def file_items(
     paths: Sequence[Path], report: Report, cwd: Path | None = None
 ) -> tuple[list[NewItem], tuple[Skipped, ...], dict[str, Any]]:
@@ -186,7 +181,7 @@ def _submit(
         target.name,
         payload,
         items,
-        policy=retry_policy(settings, target),
+        policy=RetryPolicy.for_peer(settings, target),
         priority=priority,
         node_name=node_name,
         idempotency_key=idempotency_key,

@@ -241,7 +241,6 @@ def dcmqrscp_server(
 
 def submit(node: CtnodeProcess, kind: JobKind, peer: str, payload: dict[str, Any]) -> int:
     """Queue a job of *kind* for *peer* in-process (as the CLI does); returns its id."""
-    from ctnode.scu.commit_submit import commit_policy
     from ctnode.scu.push import collect_files
 
     settings = load_settings(node.config_path)
@@ -251,7 +250,7 @@ def submit(node: CtnodeProcess, kind: JobKind, peer: str, payload: dict[str, Any
         items, skipped = collect_files([Path(p) for p in payload["paths"]])
         assert items and not skipped, skipped
     if kind is JobKind.COMMIT:
-        policy = commit_policy(settings, target)
+        policy = RetryPolicy.for_peer(settings, target)
     else:
         policy = RetryPolicy.from_settings(target.config.retry or settings.queue.retry)
     repo = JobRepository(open_database(settings, migrate_sqlite=True))

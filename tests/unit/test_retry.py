@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ctnode.config import Settings
+from ctnode.peers import Peer, PeerConfig
 from ctnode.queue.retry import GiveUp, Retry, RetryPolicy, decide
 
 
@@ -52,3 +56,13 @@ def test_policy_snapshot_round_trip() -> None:
 def test_attempt_zero_or_negative_uses_initial_delay(attempt: int) -> None:
     """Degenerate attempt numbers do not produce fractional exponents."""
     assert RetryPolicy(jitter=0).base_delay(attempt) == 10
+
+
+def test_a_peer_job_takes_the_peer_retry_else_the_queue_retry(tmp_path: Path) -> None:
+    """``RetryPolicy.for_peer``: a peer with its own ``retry`` block gets exactly that policy;
+    a peer without one gets ``queue.retry``."""
+    settings = Settings(storage={"data_dir": str(tmp_path)}, queue={"retry": {"max_attempts": 7}})
+    own = PeerConfig(ae_title="PACS", host="127.0.0.1", port=104, retry={"max_attempts": 2})
+    plain = PeerConfig(ae_title="ARCHIVE", host="127.0.0.1", port=104)
+    assert RetryPolicy.for_peer(settings, Peer("pacs", own, tmp_path)).max_attempts == 2
+    assert RetryPolicy.for_peer(settings, Peer("archive", plain, tmp_path)).max_attempts == 7

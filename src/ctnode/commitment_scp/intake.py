@@ -186,7 +186,7 @@ class Intake:
         return ActionAnswer(st.SUCCESS, transaction=tx)
 
     def _queue_report(self, peer: Peer, tx: IncomingTransaction, same_association: bool) -> int:
-        policy = RetryPolicy.from_settings(peer.config.retry or self.settings.queue.retry)
+        policy = RetryPolicy.for_peer(self.settings, peer)
         job, _ = self.jobs.submit(
             JobKind.COMMIT_REPORT,
             peer.name,

@@ -149,7 +149,7 @@ class UpstreamRequests:
             peer.name,
             {"source": "commitment_scp", "transaction_uid": tx.transaction_uid, "commit": True},
             missing,
-            policy=RetryPolicy.from_settings(peer.config.retry or self.settings.queue.retry),
+            policy=RetryPolicy.for_peer(self.settings, peer),
             node_name=None if self.settings.storage.shared else self.settings.node.name,
             idempotency_key=key[:128],
         )

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ctnode.config import RetrySettings
+from ctnode.config import RetrySettings, Settings
+from ctnode.peers import Peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,11 @@ class RetryPolicy:
     def from_settings(cls, settings: RetrySettings) -> RetryPolicy:
         """From the ``queue.retry`` (or a peer's ``retry``) settings."""
         return cls(**settings.model_dump())
+
+    @classmethod
+    def for_peer(cls, settings: Settings, peer: Peer) -> RetryPolicy:
+        """The policy of a job to *peer*: its ``retry``, else ``queue.retry``."""
+        return cls.from_settings(peer.config.retry or settings.queue.retry)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RetryPolicy:

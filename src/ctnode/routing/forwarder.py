@@ -344,7 +344,7 @@ class Forwarder:
         }
         if first.commit:
             payload["commit"] = True
-        policy = RetryPolicy.from_settings(peer.config.retry or self.settings.queue.retry)
+        policy = RetryPolicy.for_peer(self.settings, peer)
         job, created = self.repo.submit(
             JobKind.PUSH,
             first.destination,

@@ -7,17 +7,11 @@ from collections.abc import Callable
 
 from ctnode.config import Settings
 from ctnode.errors import UsageError
-from ctnode.peers import Peer
 from ctnode.queue.attempt import Attempt
 from ctnode.queue.jobs import Job, JobKind, NewItem
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import RetryPolicy
 from ctnode.scu.commit_round import DONE_STATES
-
-
-def commit_policy(settings: Settings, peer: Peer) -> RetryPolicy:
-    """The retry policy of a commit job to *peer* (its ``retry``, else ``queue.retry``)."""
-    return RetryPolicy.from_settings(peer.config.retry or settings.queue.retry)
 
 
 def items_from_push_job(repo: JobRepository, job_id: int, peer: str) -> tuple[Job, list[NewItem]]:
@@ -54,7 +48,7 @@ def commit_after_push(settings: Settings, repo: JobRepository) -> Callable[[Atte
                 **({"route": push_job.payload["route"]} if "route" in push_job.payload else {}),
             },
             items,
-            policy=commit_policy(settings, peer),
+            policy=RetryPolicy.for_peer(settings, peer),
             priority=push_job.priority,
             node_name=push_job.node_name,
             idempotency_key=f"commit-after-push-{push_job.id}",
