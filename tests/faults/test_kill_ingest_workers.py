@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,20 @@ PEERS = {
     "storescu": {"ae_title": "STORESCU", "host": "127.0.0.1", "port": 104, "accept": ["store"]},
 }
 CONFIG = {"storage": {"ingest_processes": 2}}
+#: Each test on the embedded database and on PostgreSQL (the index commit stays in the node;
+#: its connections must not be shared with the forked workers).
+BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+
+
+def start_node(tmp: Path, backend: str, request: pytest.FixtureRequest) -> CtnodeProcess:
+    """A node with two ingest workers on *backend* (PostgreSQL: a fresh, migrated database)."""
+    config: dict[str, Any] = dict(CONFIG)
+    if backend == "postgresql":
+        config["database"] = {"url": request.getfixturevalue("fresh_pg_url")}
+    node = CtnodeProcess(tmp / "node", peers=PEERS, config=config)
+    if backend == "postgresql":
+        assert node.cli("db", "upgrade").returncode == 0
+    return node
 
 
 def children(pid: int) -> set[int]:
@@ -95,14 +110,15 @@ def send_concurrently(
     return [r for r in results if r is not None]
 
 
+@BACKENDS
 def test_kill_9_of_an_ingest_worker_during_concurrent_receive(
-    tmp_path: Path, ledger: Ledger
+    tmp_path: Path, ledger: Ledger, backend: str, request: pytest.FixtureRequest
 ) -> None:
     """kill -9 of one ingest worker while three associations send: the node keeps serving,
     objects in flight in that worker are answered 0xA700 (never Success) and resolved at once,
     a replacement worker takes over, everything answered Success is stored and indexed, and
-    the refused objects are stored when sent again."""
-    node = CtnodeProcess(tmp_path / "node", peers=PEERS, config=CONFIG)
+    the refused objects are stored when sent again. On SQLite and PostgreSQL."""
+    node = start_node(tmp_path, backend, request)
     ledger.add_node(node)
     node.start()
     assert node.log is not None
@@ -140,7 +156,8 @@ def test_kill_9_of_an_ingest_worker_during_concurrent_receive(
         acknowledged = {p for r in results for p in r.acknowledged}
         rest = [p for batch in batches for p in batch if p not in acknowledged]
         if rest:
-            again = send_concurrently(node, ledger, [rest[0::2], rest[1::2]], 1)
+            halves = [half for half in (rest[0::2], rest[1::2]) if half]  # one refused: one half
+            again = send_concurrently(node, ledger, halves, 1)
             assert all(not r.refused and r.broken is None for r in again), again
         counts = ledger.verify()
         assert counts.lost == 0
@@ -151,13 +168,14 @@ def test_kill_9_of_an_ingest_worker_during_concurrent_receive(
     assert closed and closed[-1]["placed_in_workers"] > 0, closed
 
 
+@BACKENDS
 def test_kill_9_of_the_node_takes_its_ingest_workers_along(
-    tmp_path: Path, ledger: Ledger, rng: random.Random
+    tmp_path: Path, ledger: Ledger, rng: random.Random, backend: str, request: pytest.FixtureRequest
 ) -> None:
     """kill -9 of ``ctnode run`` (3 rounds) while two associations send through ingest
     workers: its workers exit with it (none keeps the data dir or the port), the restarted
-    node recovers the spool, and nothing acknowledged is lost."""
-    node = CtnodeProcess(tmp_path / "node", peers=PEERS, config=CONFIG)
+    node recovers the spool, and nothing acknowledged is lost. On SQLite and PostgreSQL."""
+    node = start_node(tmp_path, backend, request)
     ledger.add_node(node)
     node.start()
     interrupted = 0
