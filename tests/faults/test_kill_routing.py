@@ -92,54 +92,81 @@ def _counters(node: CtnodeProcess) -> dict[str, int]:
     return counters
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    ("backend", "rounds"),
+    [
+        pytest.param("sqlite", 1, marks=pytest.mark.timeout(180)),
+        pytest.param("postgresql", 1, marks=pytest.mark.timeout(180)),
+        pytest.param("sqlite", 8, marks=[pytest.mark.ondemand, pytest.mark.timeout(1200)]),
+        pytest.param("postgresql", 6, marks=[pytest.mark.ondemand, pytest.mark.timeout(1200)]),
+    ],
+)
 def test_kill_during_stable_wait_and_during_forward(
-    tmp_path: Path, backend: str, ledger: Ledger, request: pytest.FixtureRequest
+    tmp_path: Path, backend: str, rounds: int, ledger: Ledger, request: pytest.FixtureRequest
 ) -> None:
-    """Round 1: kill -9 right after the study arrived (inside stable_after): after the restart
-    the study is forwarded once, no duplicate. Round 2: kill -9 at a random point of the
-    forward of a second study: everything arrives, duplicates bounded, decisions delivered.
-    The ledger checks what was acknowledged, the node's consistency and each forward job."""
+    """Each round (1 by default; 8 on SQLite and 6 on PostgreSQL with --ondemand): kill -9
+    right after a study arrived (inside stable_after): after the restart the study is forwarded
+    once, no duplicate; then kill -9 at a random point of the forward of a second study:
+    everything arrives, duplicates bounded, decisions delivered. The ledger checks what was
+    acknowledged, the node's consistency and each forward job."""
     db_url = str(request.getfixturevalue("fresh_pg_url")) if backend == "postgresql" else None
     rng = random.Random()
     dest_dir = tmp_path / "dest"
+    quiet_uids: set[str] = set()
+    wanted: set[str] = set()
     with storescp(dest_dir, extra=["+uf"]) as server, FaultProxy(server.port) as proxy:
         dest = DirectoryPeer(dest_dir)
         node = _node(tmp_path, proxy.port, db_url, stable_after=2)
         ledger.add_node(node)
         ledger.add_peer("pacs", DirectoryPeer(dest_dir))
-        quiet = write_series(tmp_path / "quiet", 6)
         node.start()
-        quiet_uids = _send(node, quiet, ledger, round=1)
-        node.kill()  # inside the 2 s stable wait: nothing forwarded yet
-        ledger.fault("kill -9 during stable wait")
-        assert sum(dest.copies().values()) == 0
-        node.start()
-        wait_until(lambda: quiet_uids <= set(dest.copies()), 30, message="quiet study forwarded")
+        for round_no in range(rounds):
+            quiet = write_series(tmp_path / f"quiet{round_no}", 6)
+            arrived = _send(node, quiet, ledger, round=2 * round_no + 1)
+            node.kill()  # inside the 2 s stable wait: nothing of this study forwarded yet
+            ledger.fault("kill -9 during stable wait")
+            assert not arrived & set(dest.copies())
+            node.start()
+            quiet_uids |= arrived
+            wanted |= arrived
+            wait_until(
+                lambda w=frozenset(wanted): w <= set(dest.copies()), 30, message="quiet forwarded"
+            )
 
-        proxy.set_mode(Mode.THROTTLE, rate=rng.uniform(0.5e6, 1.0e6))
-        busy = write_series(tmp_path / "busy", 40, size=256)  # ~5 MB: several seconds
-        busy_uids = _send(node, busy, ledger, round=2)
-        assert node.log is not None
-        node.log.wait_for("route.forward_submitted", timeout=30, instances=40)
-        time.sleep(rng.uniform(0.5, 3.0))
-        node.kill()
-        ledger.fault("kill -9 during forward")
-        proxy.set_mode(Mode.PASS)
-        node.start()
-        wanted = quiet_uids | busy_uids
-        assert len(wanted) == 46
-        wait_until(lambda: wanted <= set(dest.copies()), 60, message="busy study forwarded")
-        wait_until(lambda: _counters(node)["forwarded"] == 46, 30, message="all delivered")
-        assert _counters(node) == {"matched": 46, "forwarded": 46, "failed": 0, "waiting": 0}
+            proxy.set_mode(Mode.THROTTLE, rate=rng.uniform(0.5e6, 1.0e6))
+            busy = write_series(tmp_path / f"busy{round_no}", 40, size=256)  # ~5 MB: seconds
+            busy_uids = _send(node, busy, ledger, round=2 * round_no + 2)
+            assert node.log is not None
+            node.log.wait_for("route.forward_submitted", timeout=30, instances=40)
+            time.sleep(rng.uniform(0.5, 3.0))
+            node.kill()
+            ledger.fault("kill -9 during forward")
+            proxy.set_mode(Mode.PASS)
+            node.start()
+            wanted |= busy_uids
+            assert len(wanted) == 46 * (round_no + 1)
+            wait_until(
+                lambda w=frozenset(wanted): w <= set(dest.copies()), 60, message="busy forwarded"
+            )
+            total = len(wanted)
+            wait_until(
+                lambda total=total: _counters(node)["forwarded"] == total,
+                30,
+                message="all delivered",
+            )
+            assert _counters(node) == {
+                "matched": total,
+                "forwarded": total,
+                "failed": 0,
+                "waiting": 0,
+            }
         node.stop()
     jobs = _forward_jobs(node)
     assert set().union(*jobs.values()) == wanted
     for job_id, uids in jobs.items():
-        # the quiet study's job started after its kill: no duplicate; the busy one's was killed
+        # a quiet study's job started after its kill: no duplicate; a busy one's was killed
         bound = 0 if uids <= quiet_uids else BATCH_ITEMS + 1
         ledger.submitted(job_id, peer="pacs", uids=uids, max_duplicates=bound)
     counts = ledger.verify()
-    assert counts.lost == 0 and counts.acknowledged == 46
+    assert counts.lost == 0 and counts.acknowledged == 46 * rounds
     assert counts.jobs_succeeded == len(jobs)
