@@ -7,18 +7,16 @@ row per destination. An arrival is one append to one B-tree (its integer key is 
 index), whatever the number of destinations; its ``decisions`` column lists them, each as the
 route was when it matched: ``[[route, destination, trigger, stable_after, commit], ...]``.
 
-**Expansion** (``expand``, run by the forwarder at the start of every pass, so at start-up too,
-before it looks at pending groups): arrivals oldest first, ``EXPAND_BATCH`` per transaction,
-``EXPAND_PAUSE`` apart (each batch holds SQLite's write lock ~25 ms; between two, a receive
-commit waiting for the lock gets it: a C-STORE waits ~30 ms at most behind an expansion, not
-the whole of it); their ``route_matches`` rows (state ``pending``, ``matched_at`` kept)
-inserted with ``ON CONFLICT DO NOTHING`` on instance and destination, then the arrivals
-deleted, in the same transaction. The database does the work itself with one ``INSERT …
-SELECT`` over its JSON functions (``json_each`` on SQLite, ``jsonb_array_elements`` on
-PostgreSQL: the one dialect difference here), about 50 µs of CPU per instance of five
-decisions, a quarter of what building the rows in Python cost. Expanding again is harmless: a
-crash before the commit leaves both tables as they were, and a row already there (from an
-earlier expansion or ``routes replay``) is left as it is, whatever its state.
+**Expansion** (``expand``, run by the forwarder at the start of every pass, so at start-up
+too, before it looks at pending groups): arrivals oldest first, ``EXPAND_BATCH`` per
+transaction; their ``route_matches`` rows (state ``pending``, ``matched_at`` kept) inserted
+with ``ON CONFLICT DO NOTHING`` on instance and destination, then the arrivals deleted, in the
+same transaction. The database does the work itself with one ``INSERT … SELECT`` over its
+JSON functions (``json_each`` on SQLite, ``jsonb_array_elements`` on PostgreSQL: the one
+dialect difference here), about 50 µs of CPU per instance of five decisions, a quarter of what
+building the rows in Python cost. Expanding again is harmless: a crash before the commit
+leaves both tables as they were, and a row already there (from an earlier expansion or
+``routes replay``) is left as it is, whatever its state.
 
 **Readers** of routing decisions count an arrival as its decisions in state ``pending``. Where
 both tables are read, they are read in one statement (a UNION, the arrival's row marked
@@ -32,7 +30,6 @@ without an index is cheap.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,10 +49,7 @@ PENDING = "pending"
 #: The ``state`` an arrival's row has in the readers' UNIONs (its decisions in another column).
 ARRIVAL = "arrival"
 #: Arrivals expanded per transaction.
-EXPAND_BATCH = 250
-#: Seconds between two batches of one expansion: a receive commit waiting for the write lock
-#: (SQLite's busy handler polls) gets it before the next batch takes it again.
-EXPAND_PAUSE = 0.03
+EXPAND_BATCH = 1000
 
 _MATCHES = RouteMatch.__table__
 assert isinstance(_MATCHES, Table)
@@ -216,7 +210,6 @@ def expand(
         if len(ids) < batch:
             return done
         after = ids[-1]
-        time.sleep(EXPAND_PAUSE)
 
 
 def _expanded_by_database(session: Session, ids: list[int]) -> bool:
