@@ -216,7 +216,7 @@ def build_runtime(settings: Settings, ingest: IngestPool | None = None) -> Runti
         )
     )
     forwarder = Forwarder(settings, engine, repo, peers)
-    forwarder.release = retention.apply
+    forwarder.deliveries.release = retention.apply
     forwarder.shortest_wait = routes.shortest_wait
     counts = RouteCounts(engine)
     metrics.add_collector(counts.collector())

@@ -273,7 +273,7 @@ def test_failed_forwards_are_reconciled_once_whatever_the_database_clock(
         tmp_path, engine, {"all": {"trigger": "instance", "to": ["pacs"]}}
     )
     repo = JobRepository(engine, clock_offset=lambda: timedelta(minutes=skew_minutes))
-    forwarder.repo = repo
+    forwarder.repo = forwarder.deliveries.repo = repo
     uid = _ingest(store, make_dataset(CT_IMAGE))
     clock.advance(5)
     assert forwarder.step() == 1

@@ -23,7 +23,7 @@ take the write lock the receive path's commits wait for, for nothing yet):
    submitted as one push job (``route`` in its payload; ``commit`` makes it push then commit),
    then the job's id is written on the rows.
 3. **Reconcile**: rows of forward jobs that ended become ``delivered`` or ``failed`` (with the
-   item's error), per instance.
+   item's error), per instance (``routing.delivery``).
 
 Exactly once per instance and destination: a row exists once per (instance, destination) and
 is taken by one batch; a push job that resumes after ``kill -9`` may resend the instances whose
@@ -46,14 +46,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from ctnode.config import Settings
 from ctnode.db.engine import session_factory
-from ctnode.db.models import Instance, InstanceCommitment, JobItem, RouteArrival, RouteMatch
-from ctnode.db.models import Job as JobRow
+from ctnode.db.models import Instance, RouteArrival, RouteMatch
 from ctnode.db.types import utcnow
 from ctnode.logs import get_logger
 from ctnode.peers import PeerRegistry
@@ -61,18 +60,14 @@ from ctnode.queue.jobs import JobKind, NewItem
 from ctnode.queue.repository import JobRepository
 from ctnode.queue.retry import RetryPolicy
 from ctnode.routing.arrivals import PENDING, expand
+from ctnode.routing.delivery import FAILED, QUEUED, Deliveries
 from ctnode.routing.groups import Group, group_pending
 from ctnode.routing.state import read_sessions
 
 log = get_logger("ctnode.routing")
 
-QUEUED = "queued"
-DELIVERED = "delivered"
-FAILED = "failed"
 #: At most this many instances per forward job (a bigger group goes in several).
 MAX_JOB_ITEMS = 5000
-_DONE_JOB_STATES = ("succeeded", "failed", "cancelled")
-_DELIVERED_ITEMS = ("succeeded", "warning")
 #: Seconds past a group's due time at which the pass runs (timestamps are microseconds).
 _DUE_MARGIN = 0.005
 #: While instances stream in (the newest arrival younger than ``STREAMING``) and none of them
@@ -82,13 +77,6 @@ _DUE_MARGIN = 0.005
 STREAMING = 1.0
 MAX_DEFER = 10.0
 MAX_DEFERRED = 5000
-
-
-def _at_least(now: datetime, row: Any) -> datetime:
-    """A failed row's ``updated_at``: never before its job's end (a job that ended after this
-    transaction began must not be matched again), so only a later end (``jobs retry``) is."""
-    finished: datetime | None = row.finished_at
-    return now if finished is None or finished <= now else finished
 
 
 class Forwarder:
@@ -118,9 +106,10 @@ class Forwarder:
         self.store_dir: Path = settings.storage.store_dir.absolute()
         #: Called (from the forwarder's thread) when jobs were submitted: wake the workers.
         self.notify: Callable[[], None] | None = None
-        #: Retention (``commitment.Retention.apply``): instances delivered everywhere that a
-        #: commitment peer already committed leave the disk (their removal waited for routing).
-        self.release: Callable[[str, list[str]], int] | None = None
+        #: Delivery states of ended forward jobs (its ``release``: retention, set by the daemon).
+        self.deliveries = Deliveries(
+            settings.storage, self.sessions, self.readers, repo, self._mine
+        )
         #: When the soonest group still waiting becomes ready (set by each pass; None: none).
         self.next_due: datetime | None = None
         #: The shortest wait of any route the arrivals were decided with (``RouteHolder.
@@ -375,87 +364,9 @@ class Forwarder:
         return 1
 
     def reconcile(self, limit: int = 20000) -> int:
-        """Rows of forward jobs that ended: delivered or failed per their item; returns how many
-        rows changed. Failed rows of a job that later succeeded (``jobs retry``) are updated too."""
-        rm = RouteMatch
-        query = (
-            select(rm.id, rm.route, rm.destination, rm.job_id, rm.sop_instance_uid)
-            .add_columns(JobItem.state, JobItem.error)
-            .add_columns(JobRow.last_error, JobRow.finished_at, rm.state.label("row_state"))
-            .join(JobRow, JobRow.id == rm.job_id)
-            .join(
-                JobItem,
-                and_(JobItem.job_id == rm.job_id, JobItem.sop_instance_uid == rm.sop_instance_uid),
-                isouter=True,
-            )
-            .where(
-                self._mine(),
-                JobRow.state.in_(_DONE_JOB_STATES),
-                or_(
-                    rm.state == QUEUED,
-                    and_(rm.state == FAILED, JobRow.finished_at > rm.updated_at),
-                ),
-            )
-            .limit(limit)
-        )
-        # Looked for without the write lock first: most passes find nothing to reconcile.
-        with self.readers() as session:
-            if not session.execute(query.limit(1)).first():
-                return 0
-        with self.sessions() as session:
-            rows = session.execute(query).all()
-            if not rows:
-                return 0
-            delivered = [r.id for r in rows if r.state in _DELIVERED_ITEMS]
-            failed = [r for r in rows if r.state not in _DELIVERED_ITEMS]
-            # The database's clock, the one that wrote the job's finished_at (not this host's:
-            # a failed row is matched again while finished_at > updated_at).
-            now = self.repo.now(session)
-            for start in range(0, len(delivered), 500):
-                session.execute(
-                    update(rm)
-                    .where(rm.id.in_(delivered[start : start + 500]))
-                    .values(state=DELIVERED, error=None, updated_at=now)
-                    .execution_options(synchronize_session=False)
-                )
-            for row in failed:
-                error = row.error or row.last_error or "the forward job ended without sending it"
-                session.execute(
-                    update(rm)
-                    .where(rm.id == row.id)
-                    .values(state=FAILED, error=error[:2000], updated_at=_at_least(now, row))
-                    .execution_options(synchronize_session=False)
-                )
-            session.commit()
-        self._release([r.sop_instance_uid for r in rows if r.state in _DELIVERED_ITEMS])
-        by_job: dict[tuple[str, str, int], list[int]] = {}
-        for r in rows:
-            counts = by_job.setdefault((r.route, r.destination, r.job_id), [0, 0])
-            counts[0 if r.state in _DELIVERED_ITEMS else 1] += 1
-        for (route, destination, job_id), (ok, bad) in by_job.items():
-            event = "route.forward_done" if not bad else "route.forward_failed"
-            emit = log.info if not bad else log.warning
-            fields = {"route": route, "destination": destination, "job_id": job_id}
-            emit(event, **fields, delivered=ok, failed=bad)
-        return len(rows)
-
-    def _release(self, delivered: list[str]) -> None:
-        """Hand retention the just-delivered instances a commitment peer has committed."""
-        storage = self.settings.storage
-        if self.release is None or not delivered or not storage.delete_after_commit:
-            return
-        by_peer: dict[str, list[str]] = {}
-        with self.sessions() as session:
-            for start in range(0, len(delivered), 500):
-                for uid, peer in session.execute(
-                    select(InstanceCommitment.sop_instance_uid, InstanceCommitment.peer).where(
-                        InstanceCommitment.sop_instance_uid.in_(delivered[start : start + 500]),
-                        InstanceCommitment.peer.in_(storage.commitment_peers),
-                    )
-                ):
-                    by_peer.setdefault(peer, []).append(uid)
-        for peer, uids in by_peer.items():
-            self.release(peer, uids)
+        """Delivery states of the forward jobs that ended (``routing.delivery``); returns how
+        many rows changed."""
+        return self.deliveries.reconcile(limit)
 
     # ------------------------------------------------------------------ life cycle
 
