@@ -8,6 +8,8 @@ next poll; ``ctnode push`` starts the whole stack itself). Each is read on the e
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ctnode.config import Settings
 from ctnode.handoff.server import HandoffServer
@@ -17,6 +19,26 @@ from ctnode.queue.wakeup import WakeListener
 from ctnode.queue.worker import WorkerPool
 
 log = get_logger("ctnode.daemon")
+
+
+class _Listener(Protocol):
+    address: Any
+
+    def open(self) -> bool: ...
+
+    def fileno(self) -> int: ...
+
+
+def _listen(
+    listener: _Listener, on_readable: Callable[[], object], event: str, detail: str
+) -> bool:
+    """Open *listener* and read it on the running loop; False (logged: *event*, *detail* says
+    what the node does without it) when it cannot be bound."""
+    if not listener.open():
+        log.warning(event, address=str(listener.address), detail=detail)
+        return False
+    asyncio.get_running_loop().add_reader(listener.fileno(), on_readable)
+    return True
 
 
 def open_wake_channel(settings: Settings, workers: WorkerPool) -> WakeListener | None:
@@ -30,14 +52,13 @@ def open_wake_channel(settings: Settings, workers: WorkerPool) -> WakeListener |
         workers.wake()
 
     listener = WakeListener(settings.storage.run_dir, on_job)
-    if not listener.open():
-        log.warning(
-            "queue.wake_channel_unavailable",
-            address=str(listener.address),
-            detail="submitted jobs start at the next poll (queue.poll_interval)",
-        )
+    if not _listen(
+        listener,
+        listener.drain,
+        "queue.wake_channel_unavailable",
+        "submitted jobs start at the next poll (queue.poll_interval)",
+    ):
         return None
-    asyncio.get_running_loop().add_reader(listener.fileno(), listener.drain)
     workers.on_concluded = listener.notify
     return listener
 
@@ -47,12 +68,8 @@ def open_handoff(settings: Settings, repo: JobRepository) -> HandoffServer | Non
     node instead of starting the whole stack itself. Without it (bind failed) every push takes
     the ordinary path."""
     server = HandoffServer(settings, repo, threads=settings.queue.workers)
-    if not server.open():
-        log.warning(
-            "handoff.unavailable",
-            address=str(server.address),
-            detail="ctnode push starts the whole stack itself",
-        )
+    if not _listen(
+        server, server.accept, "handoff.unavailable", "ctnode push starts the whole stack itself"
+    ):
         return None
-    asyncio.get_running_loop().add_reader(server.fileno(), server.accept)
     return server
