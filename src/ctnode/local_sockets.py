@@ -30,7 +30,7 @@ class _Listener(Protocol):
 
 
 def _listen(
-    listener: _Listener, on_readable: Callable[[], object], event: str, detail: str
+    listener: _Listener, on_readable: Callable[[], object], *, event: str, detail: str
 ) -> bool:
     """Open *listener* and read it on the running loop; False (logged: *event*, *detail* says
     what the node does without it) when it cannot be bound."""
@@ -55,8 +55,8 @@ def open_wake_channel(settings: Settings, workers: WorkerPool) -> WakeListener |
     if not _listen(
         listener,
         listener.drain,
-        "queue.wake_channel_unavailable",
-        "submitted jobs start at the next poll (queue.poll_interval)",
+        event="queue.wake_channel_unavailable",
+        detail="submitted jobs start at the next poll (queue.poll_interval)",
     ):
         return None
     workers.on_concluded = listener.notify
@@ -69,7 +69,10 @@ def open_handoff(settings: Settings, repo: JobRepository) -> HandoffServer | Non
     the ordinary path."""
     server = HandoffServer(settings, repo, threads=settings.queue.workers)
     if not _listen(
-        server, server.accept, "handoff.unavailable", "ctnode push starts the whole stack itself"
+        server,
+        server.accept,
+        event="handoff.unavailable",
+        detail="ctnode push starts the whole stack itself",
     ):
         return None
     return server
